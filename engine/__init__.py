@@ -1,0 +1,1 @@
+"""Tessera: distributed inference for computer-vision models on Ray."""
