@@ -66,9 +66,11 @@ class Detections:
     data: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.xyxy = np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4) if np.size(
-            self.xyxy
-        ) == 0 else np.asarray(self.xyxy, dtype=np.float32)
+        self.xyxy = (
+            np.asarray(self.xyxy, dtype=np.float32).reshape(-1, 4)
+            if np.size(self.xyxy) == 0
+            else np.asarray(self.xyxy, dtype=np.float32)
+        )
         _validate_xyxy(self.xyxy)
         n = len(self.xyxy)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
@@ -81,10 +83,14 @@ class Detections:
                 raise ValueError(f"masks_rle must hold {n} masks, got {len(self.masks_rle)}")
         if self.keypoints is not None:
             self.keypoints = np.asarray(self.keypoints, dtype=np.float32)
-            if self.keypoints.ndim != 3 or self.keypoints.shape[0] != n or (
-                self.keypoints.shape[2] != 3
+            if (
+                self.keypoints.ndim != 3
+                or self.keypoints.shape[0] != n
+                or (self.keypoints.shape[2] != 3)
             ):
-                raise ValueError(f"keypoints must have shape ({n}, K, 3), got {self.keypoints.shape}")
+                raise ValueError(
+                    f"keypoints must have shape ({n}, K, 3), got {self.keypoints.shape}"
+                )
         if self.track_ids is not None:
             self.track_ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
             _validate_per_box("track_ids", self.track_ids, n)
@@ -133,7 +139,7 @@ class Detections:
             xyxy=np.concatenate([p.xyxy for p in parts]),
             scores=np.concatenate([p.scores for p in parts]),
             class_idxs=np.concatenate([p.class_idxs for p in parts]),
-            masks_rle=[m for p in parts for m in (p.masks_rle or [])] if has_masks else None,
+            masks_rle=_merged_masks(parts) if has_masks else None,
             keypoints=np.concatenate(
                 [
                     p.keypoints if p.keypoints is not None else np.zeros((len(p), kp_shape, 3))
@@ -207,7 +213,9 @@ class Detections:
             "class_idxs": self.class_idxs.tolist(),
             "mask_counts": [_counts_bytes(m) for m in self.masks_rle] if has_masks else None,
             "mask_size": [int(s) for s in size] if size is not None else None,
-            "keypoints": self.keypoints.reshape(-1).tolist() if self.keypoints is not None else None,
+            "keypoints": self.keypoints.reshape(-1).tolist()
+            if self.keypoints is not None
+            else None,
             "num_keypoints": int(self.keypoints.shape[1]) if self.keypoints is not None else None,
             "track_ids": self.track_ids.tolist() if self.track_ids is not None else None,
         }
@@ -249,6 +257,20 @@ def clip_boxes(xyxy: np.ndarray, height: int, width: int) -> np.ndarray:
     out = xyxy.copy()
     out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, width)
     out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, height)
+    return out
+
+
+def _merged_masks(parts: list[Detections]) -> list[dict] | None:
+    """Concatenate masks; a part without masks contributes empty masks of the same size."""
+    size = next((p.masks_rle[0]["size"] for p in parts if p.masks_rle), None)
+    if size is None:  # no mask anywhere: only mask-less or empty parts
+        return None if any(p.masks_rle is None and len(p) for p in parts) else []
+    out: list[dict] = []
+    for part in parts:
+        if part.masks_rle is not None:
+            out.extend(part.masks_rle)
+        elif len(part):
+            out.extend(mask_utils.encode_masks(np.zeros((len(part), *size), bool)))
     return out
 
 

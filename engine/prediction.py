@@ -51,6 +51,8 @@ class Prediction:
         width: Original image width in pixels.
         error: Why this item could not be predicted, or None.
         index: Position of the item in the input.
+        task: The model's task ("detection", "classification", ...).
+        image: The decoded image when the input was in memory (array or PIL).
 
     Example:
         >>> p = model.predict("street.jpg")[0]          # doctest: +SKIP
@@ -71,6 +73,7 @@ class Prediction:
     width: int = 0
     error: str | None = None
     index: int = 0
+    task: str = "detection"
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ views
@@ -127,7 +130,7 @@ class Prediction:
         """This prediction as a Supervisely annotation JSON dict (see FORMATS.md)."""
         from engine.annotation import prediction_to_supervisely
 
-        return prediction_to_supervisely(self)
+        return prediction_to_supervisely(self, task=self.task)
 
     # ------------------------------------------------------------------ images
     def load_image(self) -> np.ndarray:
@@ -202,7 +205,9 @@ class Prediction:
         return out
 
     @classmethod
-    def from_arrow(cls, row: dict[str, Any], class_names: list[str]) -> Prediction:
+    def from_arrow(
+        cls, row: dict[str, Any], class_names: list[str], task: str = "detection"
+    ) -> Prediction:
         """Build a Prediction from a row of `PREDICTION_SCHEMA`."""
         height, width = int(row.get("height") or 0), int(row.get("width") or 0)
         return cls(
@@ -212,5 +217,6 @@ class Prediction:
             width=width,
             error=row.get("error"),
             index=int(row["index"]),
+            task=task,
             **{f: row.get(f) for f in _ORIGIN_FIELDS},
         )

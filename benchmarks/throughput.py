@@ -1,0 +1,159 @@
+"""Batch throughput: Tessera's `predict` against a plain one-process loop.
+
+256 generated 640x480 JPEG files, ssdlite320_mobilenet_v3_large with random weights (fixed
+seed, saved as a Tessera checkpoint so both sides run the very same weights). Each side runs
+twice; the warm second runs are compared. Tessera's cold start (Ray start + model load onto
+its worker) is timed apart, as is the plain loop's model load.
+
+    python benchmarks/throughput.py [--images 256] [--device cpu]
+
+Writes benchmarks/results/throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
+ARCH = "ssdlite320_mobilenet_v3_large"
+
+
+def make_images(folder: Path, count: int) -> list[Path]:
+    """Write ``count`` 640x480 JPEGs with random shapes on noise."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        image = rng.integers(0, 60, (480, 640, 3), dtype=np.uint8)
+        for _ in range(6):
+            x, y = rng.integers(0, 560), rng.integers(0, 400)
+            image[y : y + 80, x : x + 80] = rng.integers(0, 256, 3)
+        path = folder / f"img_{i:04d}.jpg"
+        Image.fromarray(image).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def plain_loop(paths: list[Path], checkpoint: Path, threads: int, device: str, conf: float):
+    """Decode, convert, infer and postprocess one image after another in this process."""
+    import torch
+    import torchvision
+
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    model = getattr(torchvision.models.detection, ARCH)(weights=None, weights_backbone=None)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(state)
+    model.eval().to(device)
+    load_s = time.perf_counter() - started
+    runs = []
+    for _ in range(2):
+        started = time.perf_counter()
+        found = 0
+        with torch.inference_mode():
+            for path in paths:
+                image = np.asarray(Image.open(path).convert("RGB"))
+                tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255).to(device)
+                out = model([tensor])[0]
+                keep = out["scores"] >= conf
+                boxes = out["boxes"][keep].cpu().numpy()
+                found += len(boxes)
+        runs.append({"seconds": time.perf_counter() - started, "objects": found})
+    return load_s, runs
+
+
+def tessera_runs(paths: list[Path], checkpoint: Path, device: str, conf: float, batch_size: int):
+    """Deploy through Tessera (cold start timed apart), then predict twice."""
+    import ray
+
+    import engine
+
+    started = time.perf_counter()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    ray_start_s = time.perf_counter() - started
+    started = time.perf_counter()
+    model = engine.deploy(checkpoint, device=device)
+    load_s = time.perf_counter() - started
+    runs = []
+    for _ in range(2):
+        started = time.perf_counter()
+        predictions = model.predict(
+            [str(p) for p in paths], conf=conf, batch_size=batch_size, progress=False
+        )
+        seconds = time.perf_counter() - started
+        assert not predictions.failed, predictions.failed[:1]
+        runs.append({"seconds": seconds, "objects": sum(len(p) for p in predictions)})
+    model.close()
+    ray.shutdown()
+    return ray_start_s, load_s, runs
+
+
+def main() -> None:
+    """Run both sides and write the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--conf", type=float, default=0.5)
+    args = parser.parse_args()
+
+    import os
+
+    import torch
+
+    import engine
+
+    threads = os.cpu_count() or 1
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        paths = make_images(folder, args.images)
+        torch.manual_seed(0)
+        import torchvision
+
+        network = getattr(torchvision.models.detection, ARCH)(weights=None, weights_backbone=None)
+        classes = torchvision.models.detection.SSDLite320_MobileNet_V3_Large_Weights.DEFAULT.meta[
+            "categories"
+        ]
+        checkpoint = engine.save_checkpoint(
+            folder / "ssdlite.pt", f"torchvision/{ARCH}", classes, network
+        )
+        plain_load_s, plain = plain_loop(paths, checkpoint, threads, args.device, args.conf)
+        ray_start_s, tessera_load_s, tessera = tessera_runs(
+            paths, checkpoint, args.device, args.conf, args.batch_size
+        )
+    plain_ips = args.images / plain[1]["seconds"]
+    tessera_ips = args.images / tessera[1]["seconds"]
+    write_results(
+        "throughput",
+        {
+            "images": args.images,
+            "image_size": [480, 640],
+            "model": f"torchvision/{ARCH} (random weights, seed 0)",
+            "device": args.device,
+            "torch_threads": threads,
+            "batch_size": args.batch_size,
+            "plain_images_per_s": round(plain_ips, 2),
+            "tessera_images_per_s": round(tessera_ips, 2),
+            "ratio": round(tessera_ips / plain_ips, 3),
+            "target_ratio": 1.0,
+            "cold_start_s": {
+                "ray_start": round(ray_start_s, 2),
+                "tessera_model_load": round(tessera_load_s, 2),
+                "plain_model_load": round(plain_load_s, 2),
+            },
+            "runs": {"plain": plain, "tessera": tessera},
+            "same_objects": plain[1]["objects"] == tessera[1]["objects"],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

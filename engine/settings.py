@@ -1,0 +1,238 @@
+"""Prediction settings: defined once, validated once at the API boundary.
+
+`SETTINGS` describes every option `predict` accepts (its default, its check and its help
+text); the CLI builds its options from the same list. `validate_settings` turns the user's
+keywords into a frozen `PredictSettings` that inner code trusts without re-checking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from engine.sources.decode import DEFAULT_MAX_PIXELS
+
+DEFAULT_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the settings need to know about the deployed model."""
+
+    name: str
+    task: str
+    classes: list[str]
+    default_conf: float
+    input_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """Validated settings of one `predict` call.
+
+    Attributes:
+        conf: Keep objects scoring at least this (the model's default when not given).
+        batch_size: Images per model forward pass.
+        img_size: (height, width) every image is resized to before the model; None keeps
+            the original size. Results always come back in original-image pixels.
+        class_idxs: Class indices to keep, or None for all.
+        recursive: Descend into subdirectories of directory inputs.
+        progress: Show a progress bar.
+        max_pixels: Refuse images with more pixels than this (decompression bombs).
+        url_timeout: Seconds to wait for a URL before giving up on it.
+    """
+
+    conf: float
+    batch_size: int = DEFAULT_BATCH_SIZE
+    img_size: tuple[int, int] | None = None
+    class_idxs: tuple[int, ...] | None = None
+    recursive: bool = False
+    progress: bool = True
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    url_timeout: float = 30.0
+
+    def describe(self, classes: Sequence[str]) -> dict[str, Any]:
+        """Return the settings as a JSON-friendly dict with class names instead of indices."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "class_idxs"}
+        out["classes"] = (
+            None if self.class_idxs is None else sorted({classes[i] for i in self.class_idxs})
+        )
+        return out
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """One user-facing option: how to check it and how the CLI spells it."""
+
+    name: str
+    help: str
+    default: Any
+    check: Callable[[str, Any], Any]
+    cli_type: Callable[[str], Any] | None = None
+    cli_flag: bool = False
+
+
+def _number(name: str, value: Any, low: float, high: float, integer: bool) -> Any:
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind):
+        want = "an integer" if integer else "a number"
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value!r}")
+    return value
+
+
+def _check_conf(name: str, value: Any) -> float | None:
+    return None if value is None else float(_number(name, value, 0.0, 1.0, integer=False))
+
+
+def _check_batch_size(name: str, value: Any) -> int | None:
+    return None if value is None else _number(name, value, 1, 4096, integer=True)
+
+
+def _check_img_size(name: str, value: Any) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        value = (value, value)
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"{name} must be an int or a (height, width) pair, got {value!r}")
+    h, w = (_number(name, v, 1, 100_000, integer=True) for v in value)
+    return (h, w)
+
+
+def _check_classes(name: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple, set)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a list of class names, got {value!r}")
+    if not value:
+        raise ValueError(f"{name} must name at least one class")
+    return tuple(value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_max_pixels(name: str, value: Any) -> int:
+    return _number(name, value, 1, 10**12, integer=True)
+
+
+def _check_timeout(name: str, value: Any) -> float:
+    return float(_number(name, value, 0.001, 86_400, integer=False))
+
+
+def _parse_img_size(text: str) -> int | tuple[int, int]:
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    if len(parts) == 1:
+        return int(parts[0])
+    if len(parts) == 2:
+        return (int(parts[0]), int(parts[1]))
+    raise ValueError(f"--img-size takes N or H,W, got {text!r}")
+
+
+def _parse_classes(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+#: Every option of `predict`, in the order the CLI lists them.
+SETTINGS: tuple[SettingSpec, ...] = (
+    SettingSpec("conf", "minimum score to keep (default: the model's)", None, _check_conf, float),
+    SettingSpec(
+        "batch_size",
+        f"images per model batch (default {DEFAULT_BATCH_SIZE})",
+        None,
+        _check_batch_size,
+        int,
+    ),
+    SettingSpec(
+        "img_size",
+        "resize to N (square) or H,W before the model; boxes stay in original pixels",
+        None,
+        _check_img_size,
+        _parse_img_size,
+    ),
+    SettingSpec(
+        "classes",
+        "keep only these class names (comma separated on the CLI)",
+        None,
+        _check_classes,
+        _parse_classes,
+    ),
+    SettingSpec("recursive", "descend into subdirectories", False, _check_bool, cli_flag=True),
+    SettingSpec("progress", "show a progress bar", True, _check_bool),
+    SettingSpec(
+        "max_pixels",
+        f"refuse images above this many pixels (default {DEFAULT_MAX_PIXELS})",
+        DEFAULT_MAX_PIXELS,
+        _check_max_pixels,
+        int,
+    ),
+    SettingSpec(
+        "url_timeout", "seconds to wait for a URL (default 30)", 30.0, _check_timeout, float
+    ),
+)
+
+_SPECS = {spec.name: spec for spec in SETTINGS}
+
+
+def validate_settings(options: dict[str, Any], model: ModelInfo) -> PredictSettings:
+    """Check the keywords of a `predict` call and resolve them against the model.
+
+    Args:
+        options: The keywords the user passed (besides ``input``).
+        model: The deployed model's description.
+
+    Returns:
+        The frozen, validated settings.
+
+    Raises:
+        TypeError: An unknown keyword (the message lists the valid ones).
+        ValueError: A value of the wrong type or range, or an unknown class name (the
+            message lists the model's classes).
+
+    Example:
+        >>> info = ModelInfo("m", "detection", ["cat", "dog"], 0.5, (640, 640))
+        >>> validate_settings({"classes": ["dog"], "img_size": 320}, info).class_idxs
+        (1,)
+    """
+    unknown = sorted(set(options) - set(_SPECS))
+    if unknown:
+        raise TypeError(
+            f"predict() got unknown option(s) {', '.join(unknown)}; "
+            f"valid options are: {', '.join(_SPECS)}"
+        )
+    values = {
+        name: spec.check(name, options.get(name, spec.default)) for name, spec in _SPECS.items()
+    }
+    class_idxs = None
+    if values["classes"] is not None:
+        class_idxs = _class_indices(values["classes"], model.classes)
+    return PredictSettings(
+        conf=model.default_conf if values["conf"] is None else values["conf"],
+        batch_size=values["batch_size"] or DEFAULT_BATCH_SIZE,
+        img_size=values["img_size"],
+        class_idxs=class_idxs,
+        recursive=values["recursive"],
+        progress=values["progress"],
+        max_pixels=values["max_pixels"],
+        url_timeout=values["url_timeout"],
+    )
+
+
+def _class_indices(names: Sequence[str], classes: Sequence[str]) -> tuple[int, ...]:
+    missing = [n for n in names if n not in classes]
+    if missing:
+        valid = [c for c in dict.fromkeys(classes) if c not in ("__background__", "N/A")]
+        raise ValueError(
+            f"unknown class name(s) {', '.join(map(repr, missing))}; "
+            f"this model's classes are: {', '.join(valid)}"
+        )
+    wanted = set(names)
+    return tuple(i for i, c in enumerate(classes) if c in wanted)

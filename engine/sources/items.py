@@ -1,0 +1,135 @@
+"""`Item`: one image to predict, as resolved from the user's input."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: The values `Item.source` takes.
+SOURCES = ("file", "url", "array", "pil", "supervisely")
+
+#: Keys of `Item.to_row()`, always all present.
+ROW_KEYS = ("index", "source", "name", "path", "url", "dataset", "pixels", "shape", "error")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to predict: where it comes from, or its pixels when held in memory.
+
+    Attributes:
+        index: Position of the item in the resolved input (0, 1, 2, ...).
+        source: "file", "url", "array", "pil" or "supervisely".
+        name: Display name: file name, URL's last path part (or host), ``array_<i>`` /
+            ``pil_<i>`` for in-memory images, image file name for Supervisely items.
+        path: Absolute local path for "file" and "supervisely" items.
+        url: The http(s) URL for "url" items.
+        dataset: Supervisely dataset name (nested ones as "parent/child").
+        pixels: Raw HWC RGB uint8 bytes of an in-memory image, already converted to RGB.
+        shape: (height, width, 3) of `pixels`.
+        error: A problem found while resolving; the item is not decoded and its
+            prediction carries this error.
+
+    Example:
+        >>> item = Item(index=0, source="file", name="a.jpg", path="/data/a.jpg")
+        >>> Item.from_row(item.to_row()) == item
+        True
+
+    """
+
+    index: int
+    source: str
+    name: str
+    path: str | None = None
+    url: str | None = None
+    dataset: str | None = None
+    pixels: bytes | None = None
+    shape: tuple[int, int, int] | None = None
+    error: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        """Return the item as a Ray Data row: every key of `ROW_KEYS`, Arrow-friendly values.
+
+        Returns:
+            A dict with ``shape`` as a list of ints (or None) and ``pixels`` as bytes (or None).
+
+        Example:
+            >>> Item(index=3, source="url", name="x.jpg", url="http://h/x.jpg").to_row()["url"]
+            'http://h/x.jpg'
+
+        """
+        return {
+            "index": self.index,
+            "source": self.source,
+            "name": self.name,
+            "path": self.path,
+            "url": self.url,
+            "dataset": self.dataset,
+            "pixels": self.pixels,
+            "shape": None if self.shape is None else [int(s) for s in self.shape],
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Item:
+        """Build an item back from a row made by `to_row` (after a trip through Arrow).
+
+        Accepts numpy scalars and arrays for ``index`` and ``shape``, and NaN for missing
+        strings, as Ray Data may hand them back.
+
+        Args:
+            row: A mapping with the keys of `ROW_KEYS`.
+
+        Returns:
+            The item.
+
+        Example:
+            >>> Item.from_row({"index": 0, "source": "array", "name": "array_0",
+            ...                "pixels": bytes(3), "shape": [1, 1, 3]}).shape
+            (1, 1, 3)
+
+        """
+        shape = row.get("shape")
+        pixels = row.get("pixels")
+        return cls(
+            index=int(row["index"]),
+            source=str(row["source"]),
+            name=str(row["name"]),
+            path=_optional_str(row.get("path")),
+            url=_optional_str(row.get("url")),
+            dataset=_optional_str(row.get("dataset")),
+            pixels=None if _is_missing(pixels) else bytes(pixels),
+            shape=None if _is_missing(shape) else tuple(int(s) for s in shape),
+            error=_optional_str(row.get("error")),
+        )
+
+    @property
+    def in_memory(self) -> bool:
+        """True for items whose pixels travel with the item ("array" and "pil")."""
+        return self.source in ("array", "pil")
+
+    def image_array(self) -> np.ndarray:
+        """Return the in-memory image as a read-only (H, W, 3) uint8 array (no copy).
+
+        Raises:
+            ValueError: The item holds no pixels (not an in-memory item, or it has an error).
+
+        Example:
+            >>> Item(index=0, source="array", name="array_0", pixels=bytes(12),
+            ...      shape=(2, 2, 3)).image_array().shape
+            (2, 2, 3)
+
+        """
+        if self.pixels is None or self.shape is None:
+            raise ValueError(f"{self.name}: item holds no in-memory pixels")
+        return np.frombuffer(self.pixels, dtype=np.uint8).reshape(self.shape)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if _is_missing(value) else str(value)

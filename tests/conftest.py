@@ -1,0 +1,34 @@
+"""Shared fixtures: one local Ray for the session, a deployed reference detector."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance sized for this 2-core machine, shared by every test."""
+    import ray
+
+    from engine.runtime import ensure_ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ensure_ray()
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def reference_model(ray_session):
+    """The colour-box reference detector, deployed once for the session."""
+    import engine
+    from engine.models.reference import ColorBoxDetector
+
+    model = engine.deploy(ColorBoxDetector())
+    yield model
+    model.close()

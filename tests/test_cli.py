@@ -1,0 +1,106 @@
+"""The `tessera` command line, run in-process on the session's Ray and as a real script."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scenes import boxes_array, draw_scene, random_boxes, sort_xyxy
+
+from engine.cli import main
+
+
+def test_models_lists_the_zoo_from_the_installed_script():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "tessera"), "models"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    for expected in [
+        "faces/mtcnn",
+        "torchvision/fasterrcnn_resnet50_fpn_v2",
+        "torchvision/maskrcnn_resnet50_fpn_v2",
+        "reference/color-boxes",
+    ]:
+        assert expected in names
+
+
+def test_predict_writes_json_lines_visualizations_and_summary(ray_session, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    known = {}
+    for name in ["p.png", "q.png"]:
+        boxes = random_boxes(rng, 90, 130, 4)
+        Image.fromarray(draw_scene(90, 130, boxes)).save(tmp_path / name)
+        known[name] = boxes
+    (tmp_path / "readme.txt").write_text("skip me")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            str(tmp_path),
+            "--model",
+            "reference/color-boxes",
+            "--out",
+            str(out),
+            "--visualize",
+            "--no-progress",
+            "--batch-size",
+            "1",
+        ]
+    )
+    assert code == 0
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [line["name"] for line in lines] == list(known)
+    for line, boxes in zip(lines, known.values()):
+        np.testing.assert_allclose(sort_xyxy(np.array(line["boxes"])), boxes_array(boxes))
+        assert sorted(line["classes"]) == sorted(b[0] for b in boxes)
+    drawn = sorted(p.name for p in (out / "visualizations").iterdir())
+    assert drawn == ["p.png", "q.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["items"] == 2 and summary["skipped"] == 1 and summary["failed"] == 0
+    assert (
+        "2 image(s): 2 predicted, 0 failed, 1 non-image file(s) skipped" in capsys.readouterr().out
+    )
+
+
+def test_failed_items_exit_1_and_bad_options_exit_2(ray_session, tmp_path, capsys):
+    Image.fromarray(draw_scene(40, 40, [("red", 5, 5, 20, 20)])).save(tmp_path / "ok.png")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "ok.png"),
+            str(tmp_path / "gone.png"),
+            "--model",
+            "reference/color-boxes",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
+    assert code == 1
+    assert "gone.png" in capsys.readouterr().err
+    code = main(
+        [
+            "predict",
+            str(tmp_path),
+            "--model",
+            "reference/color-boxes",
+            "--out",
+            str(out),
+            "--conf",
+            "2",
+        ]
+    )
+    assert code == 2
+    assert "conf must be between" in capsys.readouterr().err
+    code = main(["predict", str(tmp_path), "--model", "no/such-model", "--out", str(out)])
+    assert code == 2
+    assert "no/such-model" in capsys.readouterr().err
