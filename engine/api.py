@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _ENGINE_OPTIONS = ("num_workers", "threads")
+_ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b.*:")
 
 
 class PredictionResults(list):
@@ -179,6 +181,7 @@ def deploy(
     engine_options = {k: options.pop(k) for k in _ENGINE_OPTIONS if k in options}
     adapter = resolve_model(model, **options)
     ensure_ray(address)
+    _ship_user_code(type(adapter))
     num_workers, threads = _worker_layout(device, **engine_options)
     # Workers are long-lived services: they hold no CPU slot, which would starve (and, with
     # several models deployed on a small node, deadlock) the decode tasks of every plan.
@@ -204,7 +207,9 @@ def deploy(
     except ray.exceptions.RayActorError as exc:
         for worker in workers:
             ray.kill(worker)
-        raise RuntimeError(f"model {model!r} failed to load on {device}: {exc}") from exc
+        raise RuntimeError(
+            f"model {adapter.name!r} failed to load on {device}: {_root_cause(exc)}"
+        ) from exc
     info = infos[0]
     model_info = ModelInfo(
         name=info["name"],
@@ -215,6 +220,30 @@ def deploy(
     )
     logger.info("deployed %s on %d %s worker(s)", model_info.name, num_workers, device)
     return ModelAPI(workers, model_info, device)
+
+
+def _ship_user_code(adapter_class: type) -> None:
+    """Let workers unpickle an adapter class defined in the user's own, uninstalled module.
+
+    Classes are pickled by reference (module + name); a worker process cannot import a
+    module that lives only beside the user's script, so such a module travels by value.
+    """
+    module = sys.modules.get(adapter_class.__module__)
+    file = getattr(module, "__file__", None)
+    if module is None or file is None or module.__name__ == "__main__":
+        return
+    if module.__name__.split(".")[0] in ("engine", "serve", "connectors"):
+        return
+    if any(part in Path(file).parts for part in ("site-packages", "dist-packages")):
+        return
+    ray.cloudpickle.register_pickle_by_value(module)
+
+
+def _root_cause(error: BaseException) -> str:
+    """Return the last 'SomethingError: message' line of a Ray error, without colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    causes = [line.strip() for line in text.splitlines() if _ERROR_LINE.match(line.strip())]
+    return causes[-1] if causes else text.strip().splitlines()[-1]
 
 
 def _worker_layout(

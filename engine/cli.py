@@ -50,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `tessera` command; returns the process exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+
     try:
         if args.command == "models":
             return _models()

@@ -191,15 +191,15 @@ class Prediction:
             height=self.height,
             width=self.width,
             error=self.error,
-            boxes=np.round(self.boxes, 2).tolist(),
-            scores=np.round(self.scores, 4).tolist(),
+            boxes=np.round(self.boxes.astype(np.float64), 2).tolist(),
+            scores=np.round(self.scores.astype(np.float64), 4).tolist(),
             classes=self.classes,
             class_idxs=self.class_idxs.tolist(),
         )
         if self.masks_rle is not None:
             out["masks"] = [mask_utils.rle_to_json(m) for m in self.masks_rle]
         if self.keypoints is not None:
-            out["keypoints"] = np.round(self.keypoints, 2).tolist()
+            out["keypoints"] = np.round(self.keypoints.astype(np.float64), 2).tolist()
         if self.track_ids is not None:
             out["track_ids"] = self.track_ids.tolist()
         return out

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import ray
 
 logger = logging.getLogger(__name__)
+
+_RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -20,13 +23,22 @@ def ensure_ray(address: str | None = None) -> None:
     Args:
         address: A cluster address such as "ray://head:10001" or "auto".
     """
-    if not ray.is_initialized():
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(_RAY_DATA_LOGGING))
+    if ray.is_initialized():
+        if address and address != "auto":
+            current = ray.get_runtime_context().gcs_address
+            if address.split("://")[-1] != current:
+                raise ValueError(
+                    f"address={address!r} asked for, but this process is already connected "
+                    f"to the Ray cluster at {current}; call ray.shutdown() first"
+                )
+    else:
         address = address or os.environ.get("RAY_ADDRESS") or None
         if address:
             logger.info("joining the Ray cluster at %s", address)
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(include_dashboard=False, log_to_driver=False)
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.preserve_order = True
@@ -36,3 +48,11 @@ def ensure_ray(address: str | None = None) -> None:
 def cluster_gpus() -> float:
     """Return the number of GPUs the Ray cluster has."""
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+class DropProgressBarNotice(logging.Filter):
+    """Hide Ray Data's notice that its progress bars are off: Tessera draws its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Return False for the progress-bar notice, True for every other record."""
+        return not str(record.msg).startswith("Progress bars disabled")
