@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import re
 import sys
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,18 +17,24 @@ from tqdm.auto import tqdm
 
 from engine.models.base import ModelAdapter
 from engine.models.zoo import resolve_model
-from engine.pipeline import iter_prediction_rows, plan_predictions
 from engine.prediction import Prediction
 from engine.runtime import cluster_gpus, ensure_ray
+from engine.session import (
+    DEFAULT_MAX_BUFFERED_BLOCKS,
+    NAMESPACE,
+    PredictionSession,
+    SessionActor,
+    SessionCore,
+    session_actor_name,
+)
 from engine.settings import ModelInfo, PredictSettings, validate_settings
 from engine.sources.resolve import resolve_input
-from engine.worker import ModelWorker
+from engine.worker import WorkerLayout, start_model_workers
 
 logger = logging.getLogger(__name__)
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _ENGINE_OPTIONS = ("num_workers", "threads")
-_ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b.*:")
 
 
 class PredictionResults(list):
@@ -62,8 +70,17 @@ class ModelAPI:
     Obtain one with `engine.deploy`. Usable as a context manager.
     """
 
-    def __init__(self, workers: list[Any], info: ModelInfo, device: str) -> None:
+    def __init__(
+        self,
+        workers: list[Any],
+        info: ModelInfo,
+        device: str,
+        adapter: ModelAdapter,
+        layout: WorkerLayout,
+    ) -> None:
         self._workers = workers
+        self._adapter = adapter
+        self._layout = layout
         self.info = info
         self.device = device
 
@@ -107,26 +124,116 @@ class ModelAPI:
             >>> model = engine.deploy("reference/color-boxes")  # doctest: +SKIP
             >>> preds[0].boxes, preds[0].classes  # doctest: +SKIP
         """
-        # 1) settings, once, at the boundary
+        # 1) settings, once, at the boundary; 2) input -> items
         settings = validate_settings(options, self.info)
-        # 2) input -> items
-        resolved = resolve_input(input, recursive=settings.recursive)
-        if resolved.skipped:
-            logger.warning("skipped %d non-image file(s)", len(resolved.skipped))
-        # 3) items -> Ray Data plan -> prediction rows -> Predictions
-        dataset = plan_predictions(resolved.items, self._workers, settings)
+        resolved = self._resolve(input, settings)
+        # 3) a session in this process over the deployed workers, read to the end
+        core = SessionCore(
+            resolved.items,
+            settings,
+            self.info,
+            workers=self._workers,
+            context=self._context(resolved, settings),
+        )
+        session = PredictionSession(core, "local", resolved.in_memory, remote=False)
         predictions: list[Prediction] = []
         with tqdm(
             total=len(resolved.items), disable=not settings.progress, desc="predict", unit="img"
         ) as bar:
-            for rows in iter_prediction_rows(dataset):
-                for row in rows:
-                    prediction = Prediction.from_arrow(row, self.info.classes, self.info.task)
-                    prediction.image = resolved.in_memory.get(prediction.index)
-                    predictions.append(prediction)
-                bar.update(len(rows))
-        predictions.sort(key=lambda p: p.index)
+            for prediction in session:
+                predictions.append(prediction)
+                bar.update(1)
         return PredictionResults(predictions, resolved.skipped)
+
+    def predict_detached(
+        self,
+        input: Any,  # noqa: A002
+        ordered: bool = True,
+        max_buffered_blocks: int = DEFAULT_MAX_BUFFERED_BLOCKS,
+        idle_timeout_s: float = 3600.0,
+        **options: Any,
+    ) -> PredictionSession:
+        """Start predicting in the background and return the session at once.
+
+        The job runs in a detached, named Ray actor that loads its own copy of the model,
+        so it outlives this process: `PredictionSession.detach` and `engine.attach` let
+        another process on the cluster take the stream over.
+
+        Args:
+            input: As for `predict`.
+            ordered: Hand out predictions in input order; False hands them out as they
+                finish, which can be faster when items differ in cost.
+            max_buffered_blocks: Finished result blocks (one per model batch) that wait
+                for the consumer before production stalls.
+            idle_timeout_s: Once production has ended, a session nobody reads for this
+                long frees itself.
+            **options: As for `predict`.
+
+        Returns:
+            The session: iterate it, or use ``next``, ``status``, ``progress``, ``stop``.
+
+        Example:
+            >>> session = model.predict_detached("folder/", recursive=True)  # doctest: +SKIP
+            >>> first = session.next(timeout=60)  # doctest: +SKIP
+        """
+        if (
+            isinstance(max_buffered_blocks, bool)
+            or not isinstance(max_buffered_blocks, int)
+            or (max_buffered_blocks < 1)
+        ):
+            raise ValueError(
+                f"max_buffered_blocks must be a positive integer, got {max_buffered_blocks!r}"
+            )
+        if not isinstance(ordered, bool):
+            raise ValueError(f"ordered must be True or False, got {ordered!r}")
+        settings = validate_settings(options, self.info)
+        resolved = self._resolve(input, settings)
+        session_id = uuid.uuid4().hex[:12]
+        name = session_actor_name(session_id)
+        actor = (
+            ray.remote(SessionActor)
+            .options(
+                name=name,
+                namespace=NAMESPACE,
+                lifetime="detached",
+                num_cpus=0,
+                max_concurrency=16,
+            )
+            .remote(
+                idle_timeout_s=idle_timeout_s,
+                items=resolved.items,
+                settings=settings,
+                model=None,
+                adapter=self._adapter,
+                layout=self._layout,
+                ordered=ordered,
+                max_buffered_blocks=max_buffered_blocks,
+                context=self._context(resolved, settings),
+                name_prefix=name,
+            )
+        )
+        return PredictionSession(actor, session_id, resolved.in_memory)
+
+    def _resolve(self, input: Any, settings: PredictSettings) -> Any:  # noqa: A002
+        resolved = resolve_input(input, recursive=settings.recursive)
+        if resolved.skipped:
+            logger.warning("skipped %d non-image file(s)", len(resolved.skipped))
+        return resolved
+
+    def _context(self, resolved: Any, settings: PredictSettings) -> dict[str, Any]:
+        sources = collections.Counter(item.source for item in resolved.items)
+        return {
+            "input": {
+                "items": len(resolved.items),
+                "sources": dict(sources),
+                "skipped": len(resolved.skipped),
+                "first": [item.name for item in resolved.items[:5]],
+            },
+            "model": self.info.name,
+            "task": self.info.task,
+            "device": self.device,
+            "settings": settings.describe(self.info.classes),
+        }
 
     def close(self) -> None:
         """Stop the model workers and free what they hold."""
@@ -182,44 +289,10 @@ def deploy(
     adapter = resolve_model(model, **options)
     ensure_ray(address)
     _ship_user_code(type(adapter))
-    num_workers, threads = _worker_layout(device, **engine_options)
-    # Workers are long-lived services: they hold no CPU slot, which would starve (and, with
-    # several models deployed on a small node, deadlock) the decode tasks of every plan.
-    actor_options: dict[str, Any] = {
-        "max_restarts": 3,
-        "max_task_retries": 2,
-        "num_cpus": 0,
-        "scheduling_strategy": "SPREAD",
-    }
-    worker_device = device
-    if device == "cuda":
-        actor_options.update(num_gpus=1)
-        worker_device = "cuda:0"
-    elif device.startswith("cuda:"):
-        actor_options.update(
-            runtime_env={"env_vars": {"CUDA_VISIBLE_DEVICES": device.split(":")[1]}}
-        )
-        worker_device = "cuda:0"
-    remote_worker = ray.remote(ModelWorker).options(**actor_options)
-    workers = [remote_worker.remote(adapter, worker_device, threads) for _ in range(num_workers)]
-    try:
-        infos = ray.get([w.info.remote() for w in workers])
-    except ray.exceptions.RayActorError as exc:
-        for worker in workers:
-            ray.kill(worker)
-        raise RuntimeError(
-            f"model {adapter.name!r} failed to load on {device}: {_root_cause(exc)}"
-        ) from exc
-    info = infos[0]
-    model_info = ModelInfo(
-        name=info["name"],
-        task=info["task"],
-        classes=info["classes"],
-        default_conf=info["default_conf"],
-        input_size=tuple(info["input_size"]),
-    )
-    logger.info("deployed %s on %d %s worker(s)", model_info.name, num_workers, device)
-    return ModelAPI(workers, model_info, device)
+    layout = WorkerLayout(device, *_worker_layout(device, **engine_options))
+    workers, model_info = start_model_workers(adapter, layout)
+    logger.info("deployed %s on %d %s worker(s)", model_info.name, layout.num_workers, device)
+    return ModelAPI(workers, model_info, device, adapter, layout)
 
 
 def _ship_user_code(adapter_class: type) -> None:
@@ -239,13 +312,6 @@ def _ship_user_code(adapter_class: type) -> None:
     ray.cloudpickle.register_pickle_by_value(module)
 
 
-def _root_cause(error: BaseException) -> str:
-    """Return the last 'SomethingError: message' line of a Ray error, without colours."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    causes = [line.strip() for line in text.splitlines() if _ERROR_LINE.match(line.strip())]
-    return causes[-1] if causes else text.strip().splitlines()[-1]
-
-
 def _worker_layout(
     device: str, num_workers: int | None = None, threads: int | None = None
 ) -> tuple[int, int | None]:
@@ -261,3 +327,27 @@ def _worker_layout(
     workers = num_workers or 1
     cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     return workers, threads or max(1, cpus // workers)
+
+
+def attach(session_id: str, address: str | None = None) -> PredictionSession:
+    """Take over the stream of a detached session, from any process on the cluster.
+
+    Args:
+        session_id: `PredictionSession.id` of the session.
+        address: The Ray cluster to join (None: the local one, or RAY_ADDRESS).
+
+    Returns:
+        A PredictionSession that receives the predictions nobody has taken yet.
+
+    Raises:
+        ValueError: No session with that id is alive.
+
+    Example:
+        >>> session = engine.attach("3f2a9c0d81b7", address="auto")  # doctest: +SKIP
+    """
+    ensure_ray(address)
+    try:
+        actor = ray.get_actor(session_actor_name(session_id), namespace=NAMESPACE)
+    except ValueError as exc:
+        raise ValueError(f"no prediction session {session_id!r} is alive on this cluster") from exc
+    return PredictionSession(actor, session_id)

@@ -10,7 +10,6 @@ hold the loaded model) while the task's siblings decode the next batches
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -70,12 +69,6 @@ def plan_predictions(
         fn_kwargs={"workers": workers, "settings": settings},
         num_cpus=DECODE_TASK_CPUS,
     )
-
-
-def iter_prediction_rows(dataset: ray.data.Dataset) -> Iterator[list[dict[str, Any]]]:
-    """Execute the plan and yield prediction rows block by block, in order."""
-    for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield table.to_pylist()
 
 
 def predict_batch(batch: pa.Table, workers: list[Any], settings: PredictSettings) -> pa.Table:

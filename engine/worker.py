@@ -8,10 +8,12 @@ imports and weight loading again.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+import re
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+import ray
 
 from engine.inference import ImageResult, predict_images
 from engine.models.base import ModelAdapter
@@ -55,3 +57,101 @@ class ModelWorker:
     def predict(self, images: list[np.ndarray], settings: PredictSettings) -> list[ImageResult]:
         """Predict a batch of decoded images (see `engine.inference.predict_images`)."""
         return predict_images(self.adapter, images, settings)
+
+    def resources(self) -> dict[str, Any]:
+        """Memory this worker's GPU holds: by the model, in total on the device."""
+        import torch
+
+        if not self.device.startswith("cuda") or not torch.cuda.is_available():
+            return {"device": self.device}
+        index = torch.device(self.device).index or 0
+        free, total = torch.cuda.mem_get_info(index)
+        return {
+            "device": f"{self.device} ({torch.cuda.get_device_name(index)})",
+            "allocated_by_model": int(torch.cuda.memory_allocated(index)),
+            "allocated_total": int(total - free),
+            "total": int(total),
+        }
+
+
+@dataclass(frozen=True)
+class WorkerLayout:
+    """Where and how many model workers run.
+
+    Attributes:
+        device: "cpu", "cuda" (one GPU per worker, placed by Ray) or "cuda:N".
+        num_workers: How many workers hold the model.
+        threads: Torch threads per CPU worker (None: torch's default).
+    """
+
+    device: str
+    num_workers: int
+    threads: int | None = None
+
+
+def start_model_workers(
+    adapter: ModelAdapter, layout: WorkerLayout, name_prefix: str | None = None
+) -> tuple[list[Any], ModelInfo]:
+    """Start the model workers, wait until each has loaded the model, and describe it.
+
+    Args:
+        adapter: The (not loaded) adapter, pickled to every worker.
+        layout: Device, worker count and threads.
+        name_prefix: Name the workers ``<prefix>-worker-<i>`` (namespace "tessera").
+
+    Returns:
+        The worker handles and the model's description.
+
+    Raises:
+        RuntimeError: The model failed to load; the message names the root cause.
+    """
+    # Workers are long-lived services: they hold no CPU slot, which would starve (and, with
+    # several models deployed on a small node, deadlock) the decode tasks of every plan.
+    options: dict[str, Any] = {
+        "max_restarts": 3,
+        "max_task_retries": 2,
+        "num_cpus": 0,
+        "scheduling_strategy": "SPREAD",
+    }
+    worker_device = layout.device
+    if layout.device == "cuda":
+        options.update(num_gpus=1)
+        worker_device = "cuda:0"
+    elif layout.device.startswith("cuda:"):
+        gpu = layout.device.split(":")[1]
+        options.update(runtime_env={"env_vars": {"CUDA_VISIBLE_DEVICES": gpu}})
+        worker_device = "cuda:0"
+    remote_worker = ray.remote(ModelWorker)
+    workers = []
+    for i in range(layout.num_workers):
+        named = {"name": f"{name_prefix}-worker-{i}", "namespace": "tessera"} if name_prefix else {}
+        workers.append(
+            remote_worker.options(**options, **named).remote(adapter, worker_device, layout.threads)
+        )
+    try:
+        infos = ray.get([w.info.remote() for w in workers])
+    except ray.exceptions.RayActorError as exc:
+        for worker in workers:
+            ray.kill(worker)
+        raise RuntimeError(
+            f"model {adapter.name!r} failed to load on {layout.device}: {root_cause(exc)}"
+        ) from exc
+    info = infos[0]
+    model_info = ModelInfo(
+        name=info["name"],
+        task=info["task"],
+        classes=info["classes"],
+        default_conf=info["default_conf"],
+        input_size=tuple(info["input_size"]),
+    )
+    return workers, model_info
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b.*:")
+
+
+def root_cause(error: BaseException) -> str:
+    """Return the last 'SomethingError: message' line of a Ray error, without colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    causes = [line.strip() for line in text.splitlines() if _ERROR_LINE.match(line.strip())]
+    return causes[-1] if causes else text.strip().splitlines()[-1]

@@ -73,3 +73,15 @@ class _BrokenModel(engine.ModelAdapter):
 
     def infer(self, images, conf):
         return []
+
+
+def test_decode_tasks_do_not_import_torch():
+    """Decode tasks import engine.pipeline; pulling torch in there costs seconds per process."""
+    import subprocess
+    import sys
+
+    code = "import sys, engine.pipeline; print('torch' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

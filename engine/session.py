@@ -1,0 +1,467 @@
+"""Prediction sessions: a plan's results streamed through the object store.
+
+`SessionCore` runs one Ray Data plan and keeps a bounded buffer of references to finished
+result blocks; the producer stalls while the buffer is full, so a slow consumer slows
+production instead of filling memory. It runs inside the caller's process for `predict`,
+or inside `SessionActor`, a detached named Ray actor, for `predict_detached`, so that the
+job outlives the process that started it and another process can `attach` to it.
+`PredictionSession` is the consumer's side of either.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from engine.models.base import ModelAdapter
+from engine.pipeline import plan_predictions
+from engine.prediction import Prediction
+from engine.settings import ModelInfo, PredictSettings
+from engine.sources.items import Item
+from engine.worker import WorkerLayout, start_model_workers
+
+NAMESPACE = "tessera"
+DEFAULT_MAX_BUFFERED_BLOCKS = 8
+
+
+def session_actor_name(session_id: str) -> str:
+    """Return the Ray actor name of a detached session."""
+    return f"tessera-session-{session_id}"
+
+
+class SessionError(RuntimeError):
+    """A session failed as a whole (the model did not load, workers kept crashing)."""
+
+
+@dataclass
+class _Block:
+    ref: Any
+    rows: int
+    size_bytes: int
+    offset: int = 0
+
+
+class SessionCore:
+    """Produce one plan's prediction blocks into a bounded buffer of object references.
+
+    Args:
+        items: The resolved input items.
+        settings: Validated settings.
+        model: The model's description.
+        workers: Deployed model workers to use; None starts the session's own from
+            ``adapter`` and ``layout`` (and stops them when the session ends).
+        adapter: The model adapter, when the session starts its own workers.
+        layout: Where its own workers run.
+        ordered: Keep input order (else blocks come as they finish).
+        max_buffered_blocks: Result blocks waiting for the consumer before production stalls.
+        context: A description of the job for `status()`.
+        name_prefix: Name of the session's own workers (for detached sessions).
+    """
+
+    def __init__(
+        self,
+        items: list[Item],
+        settings: PredictSettings,
+        model: ModelInfo | None,
+        workers: list[Any] | None = None,
+        adapter: ModelAdapter | None = None,
+        layout: WorkerLayout | None = None,
+        ordered: bool = True,
+        max_buffered_blocks: int = DEFAULT_MAX_BUFFERED_BLOCKS,
+        context: dict[str, Any] | None = None,
+        name_prefix: str | None = None,
+    ) -> None:
+        self.items_total = len(items)
+        self.model = model
+        self.context = context or {}
+        self._items, self._settings, self._ordered = items, settings, ordered
+        self._workers, self._owns_workers = workers, workers is None
+        self._adapter, self._layout, self._name_prefix = adapter, layout, name_prefix
+        self._max_blocks = max_buffered_blocks
+        self._buffer: collections.deque[_Block] = collections.deque()
+        self._cond = threading.Condition()
+        self._state, self._message, self._error = "running", "starting", None
+        self._done_rows = 0
+        self._failed: list[dict[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, name="tessera-session", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producer
+    def _produce(self) -> None:
+        try:
+            # 1) model workers: the deployed ones, or the session's own
+            if self._workers is None:
+                self._set_message("loading the model")
+                self._workers, info = start_model_workers(
+                    self._adapter, self._layout, self._name_prefix
+                )
+                with self._cond:
+                    self.model = info
+            # 2) the plan, then its blocks into the bounded buffer as they finish
+            self._set_message("predicting")
+            ray.data.DataContext.get_current().execution_options.preserve_order = self._ordered
+            dataset = plan_predictions(self._items, self._workers, self._settings)
+            self._items = []  # the plan holds them now
+            for bundle in dataset.iter_internal_ref_bundles():
+                for entry in bundle.blocks:
+                    self._offer(entry.ref)
+                    if self._stop.is_set():
+                        return
+            self._finish("done", "every prediction produced")
+        except Exception:
+            if self._stop.is_set():
+                return
+            self._finish("error", "the session failed", traceback.format_exc())
+        finally:
+            self._release_workers()
+
+    def _offer(self, ref: Any) -> None:
+        table: pa.Table = ray.get(ref)
+        failed = [
+            {"name": name, "error": error}
+            for name, error in zip(
+                table.column("name").to_pylist(), table.column("error").to_pylist()
+            )
+            if error is not None
+        ]
+        block = _Block(ref, table.num_rows, int(table.nbytes))
+        with self._cond:
+            while len(self._buffer) >= self._max_blocks and not self._stop.is_set():
+                self._cond.wait(0.5)
+            if self._stop.is_set():
+                return
+            self._buffer.append(block)
+            self._done_rows += block.rows
+            self._failed.extend(failed)
+            self._cond.notify_all()
+
+    def _finish(self, state: str, message: str, error: str | None = None) -> None:
+        with self._cond:
+            if self._state == "running":
+                self._state, self._message, self._error = state, message, error
+            self._cond.notify_all()
+
+    def _set_message(self, message: str) -> None:
+        with self._cond:
+            self._message = message
+
+    def _release_workers(self) -> None:
+        if self._owns_workers and self._workers:
+            for worker in self._workers:
+                ray.kill(worker)
+            self._workers = []
+
+    # ------------------------------------------------------------------ consumer side
+    def take(self, max_blocks: int = 1, timeout: float | None = 0.0) -> dict[str, Any]:
+        """Hand out up to ``max_blocks`` finished blocks, waiting up to ``timeout`` seconds.
+
+        Returns:
+            ``{"blocks": [(ref, offset), ...], "finished": bool, "state": str,
+            "error": str | None}``; ``finished`` means nothing more will come.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._buffer and self._state == "running":
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            blocks = []
+            while self._buffer and len(blocks) < max_blocks:
+                block = self._buffer.popleft()
+                blocks.append((block.ref, block.offset))
+            self._cond.notify_all()
+            return {
+                "blocks": blocks,
+                "finished": not self._buffer and self._state != "running",
+                "state": self._state,
+                "error": self._error,
+            }
+
+    def give_back(self, ref: Any, offset: int, rows: int) -> None:
+        """Return a partly consumed block to the front of the buffer (a consumer detaching)."""
+        with self._cond:
+            self._buffer.appendleft(_Block(ref, rows, 0, offset))
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        """End production and free the session's workers; buffered blocks stay."""
+        with self._cond:
+            if self._state == "running":
+                self._state, self._message = "stopped", "stopped by the user"
+            self._stop.set()
+            self._cond.notify_all()
+        self._release_workers()
+
+    def is_done(self) -> bool:
+        """True once every prediction is produced, or the session stopped or failed."""
+        with self._cond:
+            return self._state != "running"
+
+    def progress(self) -> dict[str, int]:
+        """``{"done": predictions produced, "total": items}``."""
+        with self._cond:
+            return {"done": self._done_rows, "total": self.items_total}
+
+    def status(self) -> dict[str, Any]:
+        """State, progress, message, error, failed items, context and resources."""
+        with self._cond:
+            buffered = sum(b.size_bytes for b in self._buffer)
+            report = {
+                "state": self._state,
+                "progress": {"done": self._done_rows, "total": self.items_total},
+                "message": self._message,
+                "error": self._error,
+                "failed": list(self._failed),
+                "context": dict(self.context),
+            }
+        report["resources"] = self._resources(buffered)
+        return report
+
+    def describe(self) -> dict[str, Any]:
+        """The model's classes and task, for a consumer that attaches."""
+        with self._cond:
+            while self.model is None and self._state == "running":
+                self._cond.wait(0.5)
+            if self.model is None:
+                return {"classes": [], "task": "detection", "error": self._error}
+            return {"classes": list(self.model.classes), "task": self.model.task}
+
+    def _resources(self, buffered_bytes: int) -> dict[str, Any]:
+        import psutil
+
+        memory = psutil.virtual_memory()
+        workers = list(self._workers or [])
+        try:
+            gpus = [g for g in ray.get([w.resources.remote() for w in workers], timeout=5)]
+        except Exception:
+            gpus = []
+        return {
+            "gpu": [g for g in gpus if "total" in g],
+            "ram": {"used": int(memory.total - memory.available), "total": int(memory.total)},
+            "object_store": {
+                "used": buffered_bytes,
+                "total": int(ray.cluster_resources().get("object_store_memory", 0)),
+            },
+        }
+
+
+class SessionActor(SessionCore):
+    """`SessionCore` as a detached, named Ray actor that ends itself when left idle.
+
+    Args:
+        idle_timeout_s: Seconds without any consumer call, once production has ended,
+            after which the session frees everything it holds.
+        **kwargs: As for `SessionCore`.
+    """
+
+    def __init__(self, idle_timeout_s: float = 3600.0, **kwargs: Any) -> None:
+        self._last_call = time.monotonic()
+        self._idle_timeout_s = idle_timeout_s
+        super().__init__(**kwargs)
+        threading.Thread(target=self._watch_idle, name="tessera-idle", daemon=True).start()
+
+    def take(self, max_blocks: int = 1, timeout: float | None = 0.0) -> dict[str, Any]:
+        """See `SessionCore.take`."""
+        self._last_call = time.monotonic()
+        return super().take(max_blocks, timeout)
+
+    def close(self) -> None:
+        """Stop, free the workers and end this actor (buffered blocks are dropped)."""
+        self.stop()
+        ray.actor.exit_actor()
+
+    def _watch_idle(self) -> None:
+        while True:
+            time.sleep(min(self._idle_timeout_s, 5.0))
+            idle = time.monotonic() - self._last_call
+            if self.is_done() and idle > self._idle_timeout_s:
+                self.stop()
+                ray.kill(ray.get_runtime_context().current_actor)
+                return
+
+
+class PredictionSession:
+    """The consumer's handle on a running prediction job.
+
+    Iterate it for Predictions as they are ready (in input order unless the session was
+    started with ``ordered=False``). Obtain one from `ModelAPI.predict_detached` or
+    `engine.attach`. Use it as a context manager, or drop it, to free what it holds.
+
+    Example:
+        >>> with model.predict_detached("big_folder/", recursive=True) as session:  # doctest: +SKIP
+        ...     for prediction in session:
+        ...         print(prediction.name, len(prediction), session.progress())
+    """
+
+    def __init__(
+        self,
+        backend: Any,
+        session_id: str,
+        in_memory: dict[int, Any] | None = None,
+        remote: bool = True,
+    ) -> None:
+        self.id = session_id
+        self._backend = backend
+        self._remote = remote
+        self._in_memory = in_memory or {}
+        self._pending: collections.deque[Prediction] = collections.deque()
+        self._current: tuple[Any, int, int] | None = None  # ref, rows consumed, rows
+        self._closed = False
+        self._owner = True
+        self._finished = False
+        description = self._call("describe")
+        self._classes, self._task = description["classes"], description["task"]
+
+    # ------------------------------------------------------------------ backend calls
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._remote:
+            return ray.get(getattr(self._backend, method).remote(*args, **kwargs))
+        return getattr(self._backend, method)(*args, **kwargs)
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[Prediction]:
+        return self
+
+    def __next__(self) -> Prediction:
+        return self.next()
+
+    def next(self, timeout: float | None = None, block: bool = True) -> Prediction | None:
+        """Return the next Prediction.
+
+        Args:
+            timeout: With ``block=True``, seconds to wait (None: as long as it takes).
+            block: False returns None at once when nothing is ready.
+
+        Raises:
+            TimeoutError: Nothing arrived within ``timeout``.
+            StopIteration: The session is done and every prediction was handed out.
+            SessionError: The session failed as a whole (the error carries the traceback).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self._pending:
+                return self._pop()
+            if self._finished:
+                raise StopIteration
+            if not block:
+                wait = 0.0
+            elif deadline is None:
+                wait = 1.0
+            else:
+                wait = max(0.0, min(1.0, deadline - time.monotonic()))
+            reply = self._call("take", 1, wait)
+            for ref, offset in reply["blocks"]:
+                self._load(ref, offset)
+            if self._pending:
+                continue
+            if reply["finished"]:
+                if reply["state"] == "error":
+                    raise SessionError(f"session {self.id} failed:\n{reply['error']}")
+                self._finished = True
+                raise StopIteration
+            if not block:
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"no prediction arrived within {timeout} s")
+
+    def _load(self, ref: Any, offset: int) -> None:
+        table: pa.Table = ray.get(ref)
+        rows = table.to_pylist()
+        for row in rows[offset:]:
+            prediction = Prediction.from_arrow(row, self._classes, self._task)
+            prediction.image = self._in_memory.get(prediction.index)
+            self._pending.append(prediction)
+        self._current = (ref, offset, len(rows))
+
+    def _pop(self) -> Prediction:
+        prediction = self._pending.popleft()
+        if self._current is not None:
+            ref, consumed, rows = self._current
+            self._current = (ref, consumed + 1, rows) if self._pending else None
+        return prediction
+
+    # ------------------------------------------------------------------ control
+    def is_done(self) -> bool:
+        """True when every prediction has been produced, or the session was stopped."""
+        return self._closed or self._call("is_done")
+
+    def progress(self) -> dict[str, int]:
+        """``{"done": predictions produced, "total": items}``."""
+        return self._call("progress")
+
+    def status(self) -> dict[str, Any]:
+        """The session's state, progress, message, error, failed items, context, resources."""
+        return self._call("status")
+
+    def stop(self) -> None:
+        """End the execution and free its actors; predictions already buffered stay here."""
+        if self._closed:
+            return
+        self._call("stop")
+        while True:  # bring every buffered block into this process, then free the session
+            reply = self._call("take", 1 << 30, 0.0)
+            for ref, offset in reply["blocks"]:
+                self._load(ref, offset)
+            if not reply["blocks"]:
+                break
+        self._current = None
+        self._finished = True
+        self._end_backend()
+
+    def detach(self) -> str:
+        """Give up this handle without stopping the job; return the id to `attach` with.
+
+        Predictions this handle received but did not hand out go back to the session.
+        """
+        if self._current is not None:
+            ref, consumed, rows = self._current
+            self._call("give_back", ref, consumed, rows)
+        self._pending.clear()
+        self._current = None
+        self._owner = False
+        self._closed = True
+        return self.id
+
+    def close(self) -> None:
+        """Stop the job and free everything the session holds (unread results too)."""
+        if self._closed:
+            return
+        self._pending.clear()
+        self._current = None
+        self._end_backend()
+
+    def _end_backend(self) -> None:
+        self._closed = True
+        if not self._remote:
+            self._backend.stop()
+            return
+        try:
+            self._backend.close.remote()
+        except Exception:  # Ray already shut down: nothing left to free
+            pass
+
+    def __enter__(self) -> PredictionSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_owner", False) and not getattr(self, "_closed", True):
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    def __repr__(self) -> str:
+        return f"PredictionSession(id={self.id!r}, closed={self._closed})"
