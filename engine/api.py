@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _ENGINE_OPTIONS = ("num_workers", "threads")
+#: Fewest model batches per plan of a detached session (see `SessionCore._chunks`).
+PACE_MIN_BATCHES = 16
 
 
 class PredictionResults(list):
@@ -210,6 +212,7 @@ class ModelAPI:
                 max_buffered_blocks=max_buffered_blocks,
                 context=self._context(resolved, settings),
                 name_prefix=name,
+                pace_batches=max(PACE_MIN_BATCHES, 4 * max_buffered_blocks),
             )
         )
         return PredictionSession(actor, session_id, resolved.in_memory)

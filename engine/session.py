@@ -64,6 +64,8 @@ class SessionCore:
         max_buffered_blocks: Result blocks waiting for the consumer before production stalls.
         context: A description of the job for `status()`.
         name_prefix: Name of the session's own workers (for detached sessions).
+        pace_batches: Model batches per plan (see `_chunks`); None runs one plan over every
+            item, for a consumer that reads as fast as it can.
     """
 
     def __init__(
@@ -78,8 +80,10 @@ class SessionCore:
         max_buffered_blocks: int = DEFAULT_MAX_BUFFERED_BLOCKS,
         context: dict[str, Any] | None = None,
         name_prefix: str | None = None,
+        pace_batches: int | None = None,
     ) -> None:
         self.items_total = len(items)
+        self._pace_batches = pace_batches
         self.model = model
         self.context = context or {}
         self._items, self._settings, self._ordered = items, settings, ordered
@@ -109,13 +113,13 @@ class SessionCore:
             # 2) the plan, then its blocks into the bounded buffer as they finish
             self._set_message("predicting")
             ray.data.DataContext.get_current().execution_options.preserve_order = self._ordered
-            dataset = plan_predictions(self._items, self._workers, self._settings)
-            self._items = []  # the plan holds them now
-            for bundle in dataset.iter_internal_ref_bundles():
-                for entry in bundle.blocks:
-                    self._offer(entry.ref)
-                    if self._stop.is_set():
-                        return
+            for chunk in self._chunks():
+                dataset = plan_predictions(chunk, self._workers, self._settings)
+                for bundle in dataset.iter_internal_ref_bundles():
+                    for entry in bundle.blocks:
+                        self._offer(entry.ref)
+                        if self._stop.is_set():
+                            return
             self._finish("done", "every prediction produced")
         except Exception:
             if self._stop.is_set():
@@ -123,6 +127,24 @@ class SessionCore:
             self._finish("error", "the session failed", traceback.format_exc())
         finally:
             self._release_workers()
+
+    def _chunks(self) -> Iterator[list[Item]]:
+        """Cut the items into plans of a few buffers' worth of batches (all, unpaced).
+
+        Ray Data runs a plan ahead of its consumer as far as its memory budget allows, and
+        prediction blocks are small, so one plan over a large job would predict it all while
+        nobody reads. Plans of ``pace_batches`` batches, each started only when the buffer
+        has taken the last one's blocks, bound what is produced ahead of the consumer.
+        """
+        items, self._items = self._items, []
+        if self._pace_batches is None:
+            size = max(1, len(items))
+        else:
+            size = self._pace_batches * self._settings.batch_size
+        for start in range(0, len(items), size):
+            yield items[start : start + size]
+        if not items:
+            yield []
 
     def _offer(self, ref: Any) -> None:
         table: pa.Table = ray.get(ref)
@@ -187,10 +209,17 @@ class SessionCore:
                 "error": self._error,
             }
 
-    def give_back(self, ref: Any, offset: int, rows: int) -> None:
-        """Return a partly consumed block to the front of the buffer (a consumer detaching)."""
+    def give_back(self, refs: list[Any], offset: int, rows: int) -> None:
+        """Return a partly consumed block to the front of the buffer (a consumer detaching).
+
+        Args:
+            refs: A one-element list holding the block's reference (in a list, so that Ray
+                passes the reference rather than the block it points to).
+            offset: Rows of the block already handed out.
+            rows: Rows in the block.
+        """
         with self._cond:
-            self._buffer.appendleft(_Block(ref, rows, 0, offset))
+            self._buffer.appendleft(_Block(refs[0], rows, 0, offset))
             self._cond.notify_all()
 
     def stop(self) -> None:
@@ -317,6 +346,7 @@ class PredictionSession:
         self._pending: collections.deque[Prediction] = collections.deque()
         self._current: tuple[Any, int, int] | None = None  # ref, rows consumed, rows
         self._closed = False
+        self._final_status: dict[str, Any] | None = None
         self._owner = True
         self._finished = False
         description = self._call("describe")
@@ -397,10 +427,17 @@ class PredictionSession:
 
     def progress(self) -> dict[str, int]:
         """``{"done": predictions produced, "total": items}``."""
+        if self._final_status is not None:
+            return dict(self._final_status["progress"])
         return self._call("progress")
 
     def status(self) -> dict[str, Any]:
-        """The session's state, progress, message, error, failed items, context, resources."""
+        """The session's state, progress, message, error, failed items, context, resources.
+
+        After `stop` or `close` it is the last status the session reported.
+        """
+        if self._final_status is not None:
+            return dict(self._final_status)
         return self._call("status")
 
     def stop(self) -> None:
@@ -416,6 +453,7 @@ class PredictionSession:
                 break
         self._current = None
         self._finished = True
+        self._final_status = self._call("status")
         self._end_backend()
 
     def detach(self) -> str:
@@ -425,7 +463,7 @@ class PredictionSession:
         """
         if self._current is not None:
             ref, consumed, rows = self._current
-            self._call("give_back", ref, consumed, rows)
+            self._call("give_back", [ref], consumed, rows)
         self._pending.clear()
         self._current = None
         self._owner = False
@@ -438,6 +476,10 @@ class PredictionSession:
             return
         self._pending.clear()
         self._current = None
+        try:
+            self._final_status = self._call("status")
+        except Exception:  # the session already ended (idle timeout, cluster gone)
+            pass
         self._end_backend()
 
     def _end_backend(self) -> None:
