@@ -26,7 +26,7 @@ from engine.pipeline import plan_predictions
 from engine.prediction import Prediction
 from engine.settings import ModelInfo, PredictSettings
 from engine.sources.items import Item
-from engine.worker import WorkerLayout, start_model_workers
+from engine.worker import WorkerLayout, root_cause, start_model_workers
 
 NAMESPACE = "tessera"
 DEFAULT_MAX_BUFFERED_BLOCKS = 8
@@ -121,10 +121,10 @@ class SessionCore:
                         if self._stop.is_set():
                             return
             self._finish("done", "every prediction produced")
-        except Exception:
+        except Exception as exc:
             if self._stop.is_set():
                 return
-            self._finish("error", "the session failed", traceback.format_exc())
+            self._finish("error", f"the session failed: {root_cause(exc)}", traceback.format_exc())
         finally:
             self._release_workers()
 
@@ -206,6 +206,7 @@ class SessionCore:
                 "blocks": blocks,
                 "finished": not self._buffer and self._state != "running",
                 "state": self._state,
+                "message": self._message,
                 "error": self._error,
             }
 
@@ -396,7 +397,7 @@ class PredictionSession:
                 continue
             if reply["finished"]:
                 if reply["state"] == "error":
-                    raise SessionError(f"session {self.id} failed:\n{reply['error']}")
+                    raise SessionError(f"session {self.id}: {reply['message']}\n{reply['error']}")
                 self._finished = True
                 raise StopIteration
             if not block:

@@ -147,11 +147,19 @@ def start_model_workers(
     return workers, model_info
 
 
+#: Ray's exceptions that only wrap the one that matters.
+_RAY_WRAPPERS = ("ray.exceptions.UserCodeException", "ray.exceptions.RayTaskError")
 _ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b.*:")
 
 
 def root_cause(error: BaseException) -> str:
-    """Return the last 'SomethingError: message' line of a Ray error, without colours."""
+    """Return the line naming the error that caused a Ray error, without colours.
+
+    That is the last 'SomethingError: message' line that is not one of Ray's wrappers.
+    """
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
     causes = [line.strip() for line in text.splitlines() if _ERROR_LINE.match(line.strip())]
-    return causes[-1] if causes else text.strip().splitlines()[-1]
+    real = [c for c in causes if not c.startswith(_RAY_WRAPPERS)]
+    if real or causes:
+        return (real or causes)[-1]
+    return text.strip().splitlines()[-1] if text.strip() else type(error).__name__

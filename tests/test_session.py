@@ -45,6 +45,19 @@ class FailsToLoadWhenFlagged(ColorBoxDetector):
             raise OSError(f"weights unreadable ({self.flag})")
 
 
+class CrashesOnSmallImages(ColorBoxDetector):
+    """Kills its own worker process on 32x32 images once the flag file exists."""
+
+    def __init__(self, flag: str) -> None:
+        super().__init__()
+        self.flag = flag
+
+    def infer(self, images, conf):
+        if os.path.exists(self.flag) and images[0].shape[:2] == (32, 32):
+            os._exit(1)
+        return super().infer(images, conf)
+
+
 def scenes(count: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     out = []
@@ -213,3 +226,11 @@ def test_bad_session_options_are_clear_errors(slow_model):
         slow_model.predict_detached(np.zeros((8, 8, 3), np.uint8), max_buffered_blocks=0)
     with pytest.raises(TypeError, match="unknown option"):
         slow_model.predict_detached(np.zeros((8, 8, 3), np.uint8), bogus=1)
+
+
+def test_a_worker_that_keeps_crashing_fails_the_job_instead_of_hanging(ray_session, tmp_path):
+    flag = tmp_path / "crash"
+    with engine.deploy(CrashesOnSmallImages, flag=str(flag)) as model:
+        flag.write_text("x")
+        with pytest.raises(SessionError, match=r"session local: the session failed: \S*Actor"):
+            model.predict([np.zeros((32, 32, 3), np.uint8)] * 4, progress=False)
