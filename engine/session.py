@@ -113,13 +113,20 @@ class SessionCore:
             # 2) the plan, then its blocks into the bounded buffer as they finish
             self._set_message("predicting")
             ray.data.DataContext.get_current().execution_options.preserve_order = self._ordered
-            for chunk in self._chunks():
-                dataset = plan_predictions(chunk, self._workers, self._settings)
-                for bundle in dataset.iter_internal_ref_bundles():
+            chunks = self._chunks()
+            current = self._start_plan(next(chunks))
+            while current is not None:
+                running, rows = current
+                upcoming, offered = None, 0
+                for bundle in running:
                     for entry in bundle.blocks:
                         self._offer(entry.ref)
                         if self._stop.is_set():
                             return
+                        offered += entry.metadata.num_rows or 0
+                    if upcoming is None and offered * 2 >= rows:  # overlap the next plan
+                        upcoming = self._start_plan(next(chunks, None))
+                current = upcoming if upcoming is not None else self._start_plan(next(chunks, None))
             self._finish("done", "every prediction produced")
         except Exception as exc:
             if self._stop.is_set():
@@ -128,13 +135,21 @@ class SessionCore:
         finally:
             self._release_workers()
 
+    def _start_plan(self, chunk: list[Item] | None) -> tuple[Iterator[Any], int] | None:
+        """Start executing the plan of ``chunk``; return its block iterator and row count."""
+        if chunk is None:
+            return None
+        dataset = plan_predictions(chunk, self._workers, self._settings)
+        return iter(dataset.iter_internal_ref_bundles()), len(chunk)
+
     def _chunks(self) -> Iterator[list[Item]]:
         """Cut the items into plans of a few buffers' worth of batches (all, unpaced).
 
         Ray Data runs a plan ahead of its consumer as far as its memory budget allows, and
         prediction blocks are small, so one plan over a large job would predict it all while
         nobody reads. Plans of ``pace_batches`` batches, each started only when the buffer
-        has taken the last one's blocks, bound what is produced ahead of the consumer.
+        has taken half of the last one's blocks, bound what is produced ahead of the
+        consumer to two plans while leaving no gap between them.
         """
         items, self._items = self._items, []
         if self._pace_batches is None:

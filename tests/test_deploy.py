@@ -85,3 +85,31 @@ def test_decode_tasks_do_not_import_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_ray_address_joins_the_running_cluster(ray_session, tmp_path):
+    """A second process given RAY_ADDRESS deploys and predicts on this test's cluster."""
+    import os
+    import subprocess
+    import sys
+
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    script = (
+        "import numpy as np, ray, engine\n"
+        "with engine.deploy('reference/color-boxes') as model:\n"
+        "    image = np.zeros((20, 20, 3), np.uint8); image[2:9, 3:7] = (0, 0, 255)\n"
+        "    p = model.predict(image, progress=False)[0]\n"
+        "print(ray.get_runtime_context().gcs_address, p.classes, p.boxes.tolist())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "RAY_ADDRESS": address},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert result.stdout.split()[0] == address
+    assert "['blue'] [[3.0, 2.0, 7.0, 9.0]]" in result.stdout

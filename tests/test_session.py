@@ -234,3 +234,15 @@ def test_a_worker_that_keeps_crashing_fails_the_job_instead_of_hanging(ray_sessi
         flag.write_text("x")
         with pytest.raises(SessionError, match=r"session local: the session failed: \S*Actor"):
             model.predict([np.zeros((32, 32, 3), np.uint8)] * 4, progress=False)
+
+
+def test_a_dropped_session_frees_its_actors(slow_model):
+    import gc
+
+    session = slow_model.predict_detached([d[0] for d in scenes(20, seed=5)], batch_size=2)
+    session.next(timeout=120)
+    session_id = session.id
+    assert session_actors_alive(session_id)
+    del session
+    gc.collect()
+    assert wait_until(lambda: not session_actors_alive(session_id)), "dropped session lives on"
