@@ -280,13 +280,4 @@ def _counts_bytes(rle: dict) -> bytes:
 
 
 def _shift_masks(rles: list[dict], dx: int, dy: int, height: int, width: int) -> list[dict]:
-    if not rles:
-        return []
-    src_h, src_w = rles[0]["size"]
-    small = mask_utils.decode_masks(rles, src_h, src_w)
-    canvas = np.zeros((len(rles), height, width), dtype=bool)
-    y0, x0 = max(dy, 0), max(dx, 0)
-    y1, x1 = min(dy + src_h, height), min(dx + src_w, width)
-    if y1 > y0 and x1 > x0:
-        canvas[:, y0:y1, x0:x1] = small[:, y0 - dy : y1 - dy, x0 - dx : x1 - dx]
-    return mask_utils.encode_masks(canvas)
+    return [mask_utils.shift_mask(rle, dx, dy, height, width) for rle in rles]

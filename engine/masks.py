@@ -73,6 +73,54 @@ def resize_masks(rles: list[RLE], height: int, width: int) -> list[RLE]:
     return encode_masks(masks[:, rows][:, :, cols])
 
 
+def shift_mask(rle: RLE, dx: int, dy: int, height: int, width: int) -> RLE:
+    """Place a mask into a (height, width) image at offset (dx, dy), as RLE.
+
+    Only a strip as wide as the mask is decoded (the run lengths of the columns left and
+    right of it are added arithmetically), so a tile's mask moves into a huge image without
+    a full-size array.
+
+    Args:
+        rle: The mask, RLE of its own (tile) size.
+        dx: Column of the image where the mask's column 0 lands (may be negative).
+        dy: Row of the image where the mask's row 0 lands (may be negative).
+        height: Image height.
+        width: Image width.
+
+    Returns:
+        The RLE of the mask inside the image; parts outside the image are cut off.
+
+    Example:
+        >>> small = encode_masks(np.ones((1, 2, 2), bool))[0]
+        >>> decode_masks([shift_mask(small, 1, 1, 4, 4)], 4, 4)[0].sum()
+        4
+    """
+    h, w = (int(s) for s in rle["size"])
+    x0, y0 = max(dx, 0), max(dy, 0)
+    x1, y1 = min(dx + w, width), min(dy + h, height)
+    if x1 <= x0 or y1 <= y0:
+        return _from_runs([height * width], height, width)
+    strip = np.zeros((height, x1 - x0), dtype=bool)
+    strip[y0:y1] = decode_masks([rle], h, w)[0][y0 - dy : y1 - dy, x0 - dx : x1 - dx]
+    flat = strip.flatten(order="F")  # RLE counts run down the columns
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate([[0], edges, [flat.size]]))
+    if flat[0]:
+        runs = np.concatenate([[0], runs])  # counts always open with a run of zeros
+    runs[0] += x0 * height
+    tail = (width - x1) * height
+    if len(runs) % 2:  # the last run is zeros: extend it
+        runs[-1] += tail
+    elif tail:
+        runs = np.concatenate([runs, [tail]])
+    return _from_runs(runs.tolist(), height, width)
+
+
+def _from_runs(runs: list[int], height: int, width: int) -> RLE:
+    compressed = coco_mask.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    return {"size": [height, width], "counts": compressed["counts"]}
+
+
 def rle_to_json(rle: RLE) -> dict:
     """Return a JSON-serialisable copy of an RLE (counts as an ASCII string)."""
     counts = rle["counts"]
