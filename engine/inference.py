@@ -53,6 +53,8 @@ def predict_images(
     Returns:
         One ImageResult per image, in order.
     """
+    if settings.sliding_window:
+        return predict_images_tiled(adapter, images, settings)
     results: list[ImageResult] = []
     for start in range(0, len(images), settings.batch_size):
         originals = list(images[start : start + settings.batch_size])
@@ -67,6 +69,73 @@ def predict_images(
                 continue
             results.append(ImageResult(_postprocess(outcome, original, model_input, settings)))
     return results
+
+
+def predict_images_tiled(
+    adapter: ModelAdapter, images: Sequence[np.ndarray], settings: PredictSettings
+) -> list[ImageResult]:
+    """Predict every image in overlapping tiles; tiles of all images share model batches.
+
+    1) resize each image to ``img_size`` when one is set, then cut it into tiles (views,
+       not copies), plus the whole image when ``full_image``;
+    2) run every tile of every image through the adapter in micro-batches of
+       ``batch_size``, isolating a failing tile to its image;
+    3) per image: keep objects at or above ``conf`` and of the wanted classes, move them
+       from tile to image pixels, and merge the duplicates that overlapping tiles found;
+    4) scale the objects back into original-image pixels.
+    """
+    from engine.tiling import merge_detections, tile_grid
+
+    inputs = [resize_image(im, settings.img_size) if settings.img_size else im for im in images]
+    # 1) every crop of every image, with where it came from
+    crops: list[tuple[int, int, int, np.ndarray]] = []  # image index, x, y, pixels
+    for index, image in enumerate(inputs):
+        height, width = image.shape[:2]
+        for tile in tile_grid(height, width, settings.window_size, settings.overlap):
+            crop = image[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
+            crops.append((index, tile.x, tile.y, crop))
+        if settings.full_image:
+            crops.append((index, 0, 0, image))
+    # 2) the crops in shared micro-batches
+    parts: list[list[Detections]] = [[] for _ in inputs]
+    errors: dict[int, str] = {}
+    for start in range(0, len(crops), settings.batch_size):
+        chunk = crops[start : start + settings.batch_size]
+        outcomes = _infer_isolating_failures(adapter, [c[3] for c in chunk], settings.conf)
+        for (index, x, y, _), outcome in zip(chunk, outcomes):
+            if isinstance(outcome, str):
+                errors.setdefault(index, outcome)
+                continue
+            # 3) filter first (it makes merging cheap), then move into image pixels
+            found = _filtered(outcome, settings)
+            if len(found) or not parts[index]:
+                height, width = inputs[index].shape[:2]
+                parts[index].append(found.shifted(x, y, height, width))
+    results = []
+    for index, (original, model_input) in enumerate(zip(images, inputs)):
+        if index in errors:
+            results.append(ImageResult(None, errors[index]))
+            continue
+        merged = merge_detections(
+            Detections.merge(parts[index]),
+            method=settings.merge,
+            metric=settings.merge_metric,
+            threshold=settings.merge_threshold,
+            class_agnostic=settings.class_agnostic,
+        )
+        # 4) back into original pixels
+        (h, w), (mh, mw) = original.shape[:2], model_input.shape[:2]
+        if (h, w) != (mh, mw):
+            merged = merged.scaled(w / mw, h / mh, h, w)
+        results.append(ImageResult(merged))
+    return results
+
+
+def _filtered(detections: Detections, settings: PredictSettings) -> Detections:
+    detections = detections.with_min_score(settings.conf)
+    if settings.class_idxs is not None:
+        detections = detections.with_classes(settings.class_idxs)
+    return detections
 
 
 def _infer_isolating_failures(
@@ -94,9 +163,7 @@ def _postprocess(
     model_input: np.ndarray,
     settings: PredictSettings,
 ) -> Detections:
-    detections = detections.with_min_score(settings.conf)
-    if settings.class_idxs is not None:
-        detections = detections.with_classes(settings.class_idxs)
+    detections = _filtered(detections, settings)
     (h, w), (mh, mw) = original.shape[:2], model_input.shape[:2]
     if (h, w) != (mh, mw):
         detections = detections.scaled(w / mw, h / mh, h, w)

@@ -41,6 +41,15 @@ class PredictSettings:
         progress: Show a progress bar.
         max_pixels: Refuse images with more pixels than this (decompression bombs).
         url_timeout: Seconds to wait for a URL before giving up on it.
+        sliding_window: Predict each image in overlapping tiles and merge the results.
+        window_size: Tile (height, width); resolved to the model's input size when not
+            given. A window larger than the image shrinks to it.
+        overlap: Tile overlap: a float in [0, 1) is a fraction of the window, an int pixels.
+        merge: How tiles' objects are merged: "nms", "nmm", "greedy_nmm" or "none".
+        merge_metric: "iou" or "ios" (intersection over the smaller box).
+        merge_threshold: Overlap at which two objects are the same object.
+        class_agnostic: Merge objects across classes.
+        full_image: Also predict the whole image and merge it with the tiles.
     """
 
     conf: float
@@ -51,6 +60,14 @@ class PredictSettings:
     progress: bool = True
     max_pixels: int = DEFAULT_MAX_PIXELS
     url_timeout: float = 30.0
+    sliding_window: bool = False
+    window_size: tuple[int, int] | None = None
+    overlap: float | int = 0.2
+    merge: str = "nms"
+    merge_metric: str = "iou"
+    merge_threshold: float = 0.5
+    class_agnostic: bool = False
+    full_image: bool = False
 
     def describe(self, classes: Sequence[str]) -> dict[str, Any]:
         """Return the settings as a JSON-friendly dict with class names instead of indices."""
@@ -128,6 +145,35 @@ def _check_timeout(name: str, value: Any) -> float:
     return float(_number(name, value, 0.001, 86_400, integer=False))
 
 
+def _check_overlap(name: str, value: Any) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a fraction in [0, 1) or pixels (int), got {value!r}")
+    if isinstance(value, float):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name} as a fraction must be in [0, 1), got {value!r}")
+        return value
+    if value < 0:
+        raise ValueError(f"{name} in pixels must not be negative, got {value!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def check(name: str, value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+        return value
+
+    return check
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    return float(_number(name, value, 0.0, 1.0, integer=False))
+
+
+def _parse_overlap(text: str) -> float | int:
+    return float(text) if any(c in text for c in ".eE") else int(text)
+
+
 def _parse_img_size(text: str) -> int | tuple[int, int]:
     parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
     if len(parts) == 1:
@@ -177,6 +223,56 @@ SETTINGS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "url_timeout", "seconds to wait for a URL (default 30)", 30.0, _check_timeout, float
     ),
+    SettingSpec(
+        "sliding_window",
+        "predict in overlapping tiles and merge",
+        False,
+        _check_bool,
+        cli_flag=True,
+    ),
+    SettingSpec(
+        "window_size",
+        "tile size N or H,W (default: the model's input size)",
+        None,
+        _check_img_size,
+        _parse_img_size,
+    ),
+    SettingSpec(
+        "overlap",
+        "tile overlap: a fraction in [0, 1) or pixels (default 0.2)",
+        0.2,
+        _check_overlap,
+        _parse_overlap,
+    ),
+    SettingSpec(
+        "merge",
+        "merge tiles' objects: nms, nmm, greedy_nmm or none (default nms)",
+        "nms",
+        _choice("nms", "nmm", "greedy_nmm", "none"),
+        str,
+    ),
+    SettingSpec(
+        "merge_metric",
+        "overlap measure: iou or ios (default iou)",
+        "iou",
+        _choice("iou", "ios"),
+        str,
+    ),
+    SettingSpec(
+        "merge_threshold",
+        "overlap at which objects merge (default 0.5)",
+        0.5,
+        _check_fraction,
+        float,
+    ),
+    SettingSpec("class_agnostic", "merge across classes", False, _check_bool, cli_flag=True),
+    SettingSpec(
+        "full_image",
+        "also predict the whole image and merge it in",
+        False,
+        _check_bool,
+        cli_flag=True,
+    ),
 )
 
 _SPECS = {spec.name: spec for spec in SETTINGS}
@@ -214,7 +310,18 @@ def validate_settings(options: dict[str, Any], model: ModelInfo) -> PredictSetti
     class_idxs = None
     if values["classes"] is not None:
         class_idxs = _class_indices(values["classes"], model.classes)
+    window = values["window_size"] or tuple(model.input_size)
+    if values["sliding_window"]:
+        _check_overlap_fits(values["overlap"], window)
     return PredictSettings(
+        sliding_window=values["sliding_window"],
+        window_size=window,
+        overlap=values["overlap"],
+        merge=values["merge"],
+        merge_metric=values["merge_metric"],
+        merge_threshold=values["merge_threshold"],
+        class_agnostic=values["class_agnostic"],
+        full_image=values["full_image"],
         conf=model.default_conf if values["conf"] is None else values["conf"],
         batch_size=values["batch_size"] or DEFAULT_BATCH_SIZE,
         img_size=values["img_size"],
@@ -224,6 +331,13 @@ def validate_settings(options: dict[str, Any], model: ModelInfo) -> PredictSetti
         max_pixels=values["max_pixels"],
         url_timeout=values["url_timeout"],
     )
+
+
+def _check_overlap_fits(overlap: float | int, window: tuple[int, int]) -> None:
+    if isinstance(overlap, int) and overlap >= min(window):
+        raise ValueError(
+            f"overlap of {overlap} pixels must be smaller than the window {window[0]}x{window[1]}"
+        )
 
 
 def _class_indices(names: Sequence[str], classes: Sequence[str]) -> tuple[int, ...]:

@@ -32,7 +32,9 @@ class ColorBoxDetector(ModelAdapter):
     A pixel belongs to a colour when each channel is on the same side of 128 as the
     colour's channel. Each 8-connected region of one colour is one object; its box is the
     region's extent (x2, y2 exclusive) and its score is the share of the box the region
-    fills (1.0 for a clean rectangle). Regions smaller than ``min_area`` pixels are noise.
+    fills times area / (area + 1): just under 1.0 for a clean rectangle, and lower for a
+    smaller piece of one, as a tile that clips an object sees it, so that merges keep the
+    whole object. Regions smaller than ``min_area`` pixels are noise.
 
     Args:
         min_area: Smallest region, in pixels, reported as an object.
@@ -80,7 +82,7 @@ class ColorBoxDetector(ModelAdapter):
                 area = int(region.sum())
                 if area < self.min_area:
                     continue
-                score = area / region.size
+                score = (area / region.size) * (area / (area + 1.0))
                 if score < conf:
                     continue
                 rows, cols = found
