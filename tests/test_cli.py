@@ -104,3 +104,46 @@ def test_failed_items_exit_1_and_bad_options_exit_2(ray_session, tmp_path, capsy
     code = main(["predict", str(tmp_path), "--model", "no/such-model", "--out", str(out)])
     assert code == 2
     assert "no/such-model" in capsys.readouterr().err
+
+
+def test_sliding_window_options_from_the_command_line(ray_session, tmp_path):
+    boxes = [("red", 120, 40, 150, 70), ("blue", 10, 10, 30, 30)]  # red crosses tile borders
+    Image.fromarray(draw_scene(200, 260, boxes)).save(tmp_path / "big.png")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "big.png"),
+            "--model",
+            "reference/color-boxes",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--sliding-window",
+            "--window-size",
+            "128",
+            "--overlap",
+            "48",
+            "--merge",
+            "greedy_nmm",
+            "--merge-metric",
+            "ios",
+        ]
+    )
+    assert code == 0
+    line = json.loads((out / "predictions.jsonl").read_text())
+    np.testing.assert_allclose(sort_xyxy(np.array(line["boxes"])), boxes_array(boxes))
+    code = main(
+        [
+            "predict",
+            str(tmp_path / "big.png"),
+            "--model",
+            "reference/color-boxes",
+            "--out",
+            str(out),
+            "--sliding-window",
+            "--overlap",
+            "1.5",
+        ]
+    )
+    assert code == 2
