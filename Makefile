@@ -20,7 +20,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'
 	$(PY) benchmarks/throughput.py
+	$(PY) benchmarks/sessions.py
+	$(PY) benchmarks/tiling.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import numpy as np
 import pytest
 
@@ -251,23 +248,13 @@ def test_output_sorted_by_score():
 
 
 # ------------------------------------------------------------------------------- vs SAHI
-SAHI_PATH = os.environ.get("TESSERA_SAHI_PATH", "/tmp/sahi_dl/unz")
-
-
 @pytest.fixture(scope="module")
 def sahi():
-    """SAHI's postprocess, from an unpacked wheel (sahi + shapely) outside the venv."""
-    if not os.path.isdir(os.path.join(SAHI_PATH, "sahi")):
-        pytest.skip(f"no unpacked sahi wheel at {SAHI_PATH} (set TESSERA_SAHI_PATH)")
-    sys.path.insert(0, SAHI_PATH)
-    try:
-        from sahi.postprocess import combine
-        from sahi.postprocess.backends import set_postprocess_backend
-        from sahi.prediction import ObjectPrediction
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"sahi not importable: {exc}")
-    finally:
-        sys.path.remove(SAHI_PATH)
+    """SAHI's postprocess functions (sahi is a dev dependency of the project)."""
+    combine = pytest.importorskip("sahi.postprocess.combine")
+    from sahi.postprocess.backends import set_postprocess_backend
+    from sahi.prediction import ObjectPrediction
+
     set_postprocess_backend("numpy")
     return combine, ObjectPrediction
 
