@@ -189,7 +189,7 @@ def test_annotation_property_and_json_serialisable():
     assert ann == prediction_to_supervisely(pred)
 
 
-def test_meta_colors_confidence_and_placeholders():
+def test_meta_colors_confidence_and_skipped_background_names():
     meta = supervisely_meta(CLASSES + ["car"])
     assert [c["title"] for c in meta["classes"]] == ["car", "person"]
     assert all(c["shape"] == "rectangle" for c in meta["classes"])
