@@ -328,8 +328,11 @@ def _worker_layout(
             raise ValueError(f"device {device!r} asked for, but the Ray cluster has no GPU")
         return (num_workers or (gpus if device == "cuda" else 1)), threads
     workers = num_workers or 1
-    cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    return workers, threads or max(1, cpus // workers)
+    # a worker's threads share one node: size them by a node's CPUs, not the cluster's
+    node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    cpus = int(min((c for c in node_cpus if c), default=os.cpu_count() or 1))
+    per_node = max(1, -(-workers // max(1, len(node_cpus))))  # workers SPREAD over nodes
+    return workers, threads or max(1, cpus // per_node)
 
 
 def attach(session_id: str, address: str | None = None) -> PredictionSession:
