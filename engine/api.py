@@ -101,6 +101,15 @@ class ModelAPI:
         """How many model workers (Ray actors) serve this model."""
         return len(self._workers)
 
+    def resources(self) -> list[dict[str, Any]]:
+        """Each worker's memory: process RSS now and at its peak, and GPU memory on a GPU.
+
+        Example:
+            >>> model.resources()[0]["process"]["peak_rss"]   # doctest: +SKIP
+            412876800
+        """
+        return ray.get([worker.resources.remote() for worker in self._workers])
+
     def settings(self, **options: Any) -> PredictSettings:
         """Validate `predict` options against this model without running anything."""
         return validate_settings(options, self.info)

@@ -16,6 +16,8 @@ from PIL import Image
 from engine.detections import Detections
 from engine.models.base import ModelAdapter
 from engine.settings import PredictSettings
+from engine.sources.bands import BandReader, BandSource, shrunk_whole_image
+from engine.sources.decode import ImageLoadError
 
 
 @dataclass
@@ -35,7 +37,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def predict_images(
-    adapter: ModelAdapter, images: Sequence[np.ndarray], settings: PredictSettings
+    adapter: ModelAdapter, images: Sequence[np.ndarray | BandSource], settings: PredictSettings
 ) -> list[ImageResult]:
     """Predict every image, in micro-batches of ``settings.batch_size``.
 
@@ -55,6 +57,8 @@ def predict_images(
     """
     if settings.sliding_window:
         return predict_images_tiled(adapter, images, settings)
+    if any(isinstance(image, BandSource) for image in images):
+        raise TypeError("images read in bands (BandSource) are only predicted in tiles")
     results: list[ImageResult] = []
     for start in range(0, len(images), settings.batch_size):
         originals = list(images[start : start + settings.batch_size])
@@ -72,48 +76,45 @@ def predict_images(
 
 
 def predict_images_tiled(
-    adapter: ModelAdapter, images: Sequence[np.ndarray], settings: PredictSettings
+    adapter: ModelAdapter, images: Sequence[np.ndarray | BandSource], settings: PredictSettings
 ) -> list[ImageResult]:
     """Predict every image in overlapping tiles; tiles of all images share model batches.
 
-    1) resize each image to ``img_size`` when one is set, then cut it into tiles (views,
-       not copies), plus the whole image when ``full_image``;
+    1) resize each image to ``img_size`` when one is set, then cut it into tiles, row of
+       tiles by row of tiles (views, not copies), plus the whole image when
+       ``full_image``; a `BandSource` (a large file) is read one band of rows at a time,
+       so only the rows its current tiles need are in memory;
     2) run every tile of every image through the adapter in micro-batches of
        ``batch_size``, isolating a failing tile to its image;
     3) per image: keep objects at or above ``conf`` and of the wanted classes, move them
        from tile to image pixels, and merge the duplicates that overlapping tiles found;
     4) scale the objects back into original-image pixels.
     """
-    from engine.tiling import merge_detections, tile_grid
+    from engine.tiling import merge_detections
 
-    inputs = [resize_image(im, settings.img_size) if settings.img_size else im for im in images]
-    # 1) every crop of every image, with where it came from
-    crops: list[tuple[int, int, int, np.ndarray]] = []  # image index, x, y, pixels
-    for index, image in enumerate(inputs):
-        height, width = image.shape[:2]
-        for tile in tile_grid(height, width, settings.window_size, settings.overlap):
-            crop = image[tile.y : tile.y + tile.height, tile.x : tile.x + tile.width]
-            crops.append((index, tile.x, tile.y, crop))
-        if settings.full_image:
-            crops.append((index, 0, 0, image))
-    # 2) the crops in shared micro-batches
-    parts: list[list[Detections]] = [[] for _ in inputs]
     errors: dict[int, str] = {}
-    for start in range(0, len(crops), settings.batch_size):
-        chunk = crops[start : start + settings.batch_size]
-        outcomes = _infer_isolating_failures(adapter, [c[3] for c in chunk], settings.conf)
-        for (index, x, y, _), outcome in zip(chunk, outcomes):
+    views: list[_TiledView | None] = []
+    for index, image in enumerate(images):
+        try:
+            views.append(_TiledView(image, settings))
+        except ImageLoadError as exc:
+            errors[index] = str(exc)
+            views.append(None)
+    # 1) + 2) crops are cut lazily, so a band is dropped once its tiles are predicted
+    parts: list[list[Detections]] = [[] for _ in images]
+    for chunk in _batched(_crops(views, settings, errors), settings.batch_size):
+        outcomes = _infer_isolating_failures(adapter, [c.pixels for c in chunk], settings.conf)
+        for crop, outcome in zip(chunk, outcomes):
             if isinstance(outcome, str):
-                errors.setdefault(index, outcome)
+                errors.setdefault(crop.index, outcome)
                 continue
             # 3) filter first (it makes merging cheap), then move into image pixels
             found = _filtered(outcome, settings)
-            if len(found) or not parts[index]:
-                height, width = inputs[index].shape[:2]
-                parts[index].append(found.shifted(x, y, height, width))
+            if len(found) or not parts[crop.index]:
+                parts[crop.index].append(crop.place(found))
     results = []
-    for index, (original, model_input) in enumerate(zip(images, inputs)):
-        if index in errors:
+    for index, view in enumerate(views):
+        if index in errors or view is None:
             results.append(ImageResult(None, errors[index]))
             continue
         merged = merge_detections(
@@ -124,11 +125,97 @@ def predict_images_tiled(
             class_agnostic=settings.class_agnostic,
         )
         # 4) back into original pixels
-        (h, w), (mh, mw) = original.shape[:2], model_input.shape[:2]
+        (h, w), (mh, mw) = view.original_size, (view.height, view.width)
         if (h, w) != (mh, mw):
             merged = merged.scaled(w / mw, h / mh, h, w)
         results.append(ImageResult(merged))
     return results
+
+
+@dataclass
+class _Crop:
+    """One model input cut from an image: a tile, or the whole image shrunk by ``scale``."""
+
+    index: int
+    x: int
+    y: int
+    pixels: np.ndarray
+    height: int  # of the (resized) image the crop came from
+    width: int
+    scale: tuple[float, float] = (1.0, 1.0)
+
+    def place(self, found: Detections) -> Detections:
+        """Move the crop's detections into the pixels of the image it was cut from."""
+        if self.scale != (1.0, 1.0):
+            return found.scaled(*self.scale, self.height, self.width)
+        return found.shifted(self.x, self.y, self.height, self.width)
+
+
+class _TiledView:
+    """An image to tile: an array, or a `BandSource` read band by band."""
+
+    def __init__(self, image: np.ndarray | BandSource, settings: PredictSettings) -> None:
+        self.image = image
+        self.original_size = tuple(image.shape[:2])
+        size = settings.img_size
+        if isinstance(image, BandSource):
+            self.reader: BandReader | None = BandReader(image, size)
+            self.array: np.ndarray | None = None
+            self.height, self.width = self.reader.height, self.reader.width
+        else:
+            self.reader = None
+            self.array = resize_image(image, size) if size else image
+            self.height, self.width = self.array.shape[:2]
+
+    def rows(self, top: int, bottom: int) -> np.ndarray:
+        if self.array is not None:
+            return self.array[top:bottom]
+        return self.reader.rows(top, bottom)
+
+    def whole(self, max_side: int) -> np.ndarray:
+        if self.array is not None:
+            return self.array
+        return shrunk_whole_image(self.image, max_side)
+
+
+def _crops(
+    views: list[_TiledView | None], settings: PredictSettings, errors: dict[int, str]
+) -> Iterator[_Crop]:
+    """Every tile of every image, row by row; an image that fails to read stops there."""
+    from engine.tiling import tile_grid
+
+    for index, view in enumerate(views):
+        if view is None:
+            continue
+        tiles = tile_grid(view.height, view.width, settings.window_size, settings.overlap)
+        rows: dict[int, list] = {}
+        for tile in tiles:
+            rows.setdefault(tile.y, []).append(tile)
+        try:
+            for y, row in rows.items():
+                if index in errors:
+                    break
+                band = view.rows(y, y + row[0].height)
+                for tile in row:
+                    pixels = band[:, tile.x : tile.x + tile.width]
+                    yield _Crop(index, tile.x, tile.y, pixels, view.height, view.width)
+            if settings.full_image and index not in errors:
+                whole = view.whole(max(settings.window_size))
+                scale = (view.width / whole.shape[1], view.height / whole.shape[0])
+                yield _Crop(index, 0, 0, whole, view.height, view.width, scale)
+        except ImageLoadError as exc:
+            errors.setdefault(index, str(exc))
+
+
+def _batched(crops: Iterator[_Crop], size: int) -> Iterator[list[_Crop]]:
+    chunk: list[_Crop] = []
+    for crop in crops:
+        chunk.append(crop)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _filtered(detections: Detections, settings: PredictSettings) -> Detections:

@@ -2,7 +2,8 @@
 
 items (one Arrow row each, one block per model batch)
 -> Ray tasks: decode each item (file, URL, in-memory pixels); an item that cannot
-be decoded becomes a row carrying its error
+be decoded becomes a row carrying its error; a large file to be predicted in tiles is
+not decoded here but passed on as a `BandSource`, which the worker reads band by band
 -> the decoded batch goes to one of the deployed model workers (Ray actors that
 hold the loaded model) while the task's siblings decode the next batches
 -> prediction rows (PREDICTION_SCHEMA), exactly one per item, in input order
@@ -20,6 +21,7 @@ from engine.detections import Detections
 from engine.inference import ImageResult
 from engine.prediction import PREDICTION_SCHEMA
 from engine.settings import PredictSettings
+from engine.sources.bands import BandSource, band_source_for
 from engine.sources.decode import ImageLoadError, decode_item
 from engine.sources.items import Item
 
@@ -75,11 +77,13 @@ def predict_batch(batch: pa.Table, workers: list[Any], settings: PredictSettings
     """Decode one batch of items and predict it on a model worker (a Ray Data UDF)."""
     items = [Item.from_row(row) for row in batch.to_pylist()]
     # 1) decode; a failure stays with its item
-    images: dict[int, np.ndarray] = {}
+    images: dict[int, np.ndarray | BandSource] = {}
     errors: dict[int, str] = {}
     for position, item in enumerate(items):
         try:
-            images[position] = decode_item(item, settings.max_pixels, settings.url_timeout)
+            images[position] = _band_source(item, settings) or decode_item(
+                item, settings.max_pixels, settings.url_timeout
+            )
         except ImageLoadError as exc:
             errors[position] = str(exc)
         except Exception as exc:  # an unexpected decoder failure must not lose the batch
@@ -102,8 +106,15 @@ def predict_batch(batch: pa.Table, workers: list[Any], settings: PredictSettings
     return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
 
 
+def _band_source(item: Item, settings: PredictSettings) -> BandSource | None:
+    """A large local file to be tiled is read by the worker in bands, not decoded here."""
+    if not settings.sliding_window or item.error or item.path is None or item.in_memory:
+        return None
+    return band_source_for(item.path, item.name, settings.max_pixels)
+
+
 def _prediction_row(
-    item: Item, image: np.ndarray | None, detections: Detections, error: str | None
+    item: Item, image: np.ndarray | BandSource | None, detections: Detections, error: str | None
 ) -> dict[str, Any]:
     height, width = image.shape[:2] if image is not None else (0, 0)
     return {

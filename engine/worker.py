@@ -18,6 +18,7 @@ import ray
 from engine.inference import ImageResult, predict_images
 from engine.models.base import ModelAdapter
 from engine.settings import ModelInfo, PredictSettings
+from engine.sources.bands import BandSource
 
 
 class ModelWorker:
@@ -54,19 +55,32 @@ class ModelWorker:
         )
         return {**asdict(info), "device": self.device, "pid": os.getpid()}
 
-    def predict(self, images: list[np.ndarray], settings: PredictSettings) -> list[ImageResult]:
-        """Predict a batch of decoded images (see `engine.inference.predict_images`)."""
+    def predict(
+        self, images: list[np.ndarray | BandSource], settings: PredictSettings
+    ) -> list[ImageResult]:
+        """Predict a batch of decoded images, or large files to read in bands when tiling.
+
+        See `engine.inference.predict_images`.
+        """
         return predict_images(self.adapter, images, settings)
 
     def resources(self) -> dict[str, Any]:
-        """Memory this worker's GPU holds: by the model, in total on the device."""
+        """This worker's memory: its process RSS (now and peak), and GPU memory on a GPU."""
+        import resource
+
+        import psutil
         import torch
 
+        process = {
+            "rss": int(psutil.Process().memory_info().rss),
+            "peak_rss": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+        }
         if not self.device.startswith("cuda") or not torch.cuda.is_available():
-            return {"device": self.device}
+            return {"device": self.device, "process": process}
         index = torch.device(self.device).index or 0
         free, total = torch.cuda.mem_get_info(index)
         return {
+            "process": process,
             "device": f"{self.device} ({torch.cuda.get_device_name(index)})",
             "allocated_by_model": int(torch.cuda.memory_allocated(index)),
             "allocated_total": int(total - free),

@@ -69,11 +69,14 @@ class ColorBoxDetector(ModelAdapter):
 
     def _detect(self, image: np.ndarray, conf: float) -> Detections:
         bits = image[..., :3] >= 128
-        code = bits[..., 0] * 4 + bits[..., 1] * 2 + bits[..., 2] * 1
+        code = (bits[..., 0] * 4 + bits[..., 1] * 2 + bits[..., 2]).astype(np.uint8)
+        present = np.bincount(code.ravel(), minlength=8)  # pixels of each colour code
         boxes, scores, labels, masks = [], [], [], []
         structure = np.ones((3, 3), bool)
         for class_idx, rgb in enumerate(COLORS.values()):
             target = (rgb[0] >= 128) * 4 + (rgb[1] >= 128) * 2 + (rgb[2] >= 128)
+            if present[target] < self.min_area:
+                continue  # no region of this colour can be large enough
             regions, count = ndimage.label(code == target, structure=structure)
             for number, found in enumerate(ndimage.find_objects(regions), start=1):
                 if found is None:

@@ -96,7 +96,7 @@ def decode_item(
             image = item.image_array()
         except ValueError as e:
             raise ImageLoadError(str(e)) from e
-        _check_pixels(item.name, image.shape[1], image.shape[0], max_pixels)
+        check_pixels(item.name, image.shape[1], image.shape[0], max_pixels)
         return image.copy()
     raise ImageLoadError(f"{item.name}: unknown item source {item.source!r}")
 
@@ -284,9 +284,9 @@ def pil_to_rgb(
         (2, 4, 3)
 
     """
-    with _strict_pillow():
+    with strict_pillow():
         if max_pixels is not None:
-            _check_pixels(name, image.width, image.height, max_pixels)
+            check_pixels(name, image.width, image.height, max_pixels)
         try:
             image.load()
         except Exception as e:
@@ -342,7 +342,7 @@ def array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
 
 # --------------------------------------------------------------------------- decoding
 def _decode(fp: IO[bytes], name: str, max_pixels: int) -> np.ndarray:
-    with _strict_pillow():
+    with strict_pillow():
         try:
             image = Image.open(fp)
         except Exception as e:
@@ -357,7 +357,8 @@ def _open_reason(error: Exception) -> str:
     return _short_reason(error)
 
 
-def _check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
+def check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
+    """Raise `ImageLoadError` naming the image when width * height is above ``max_pixels``."""
     pixels = int(width) * int(height)
     if pixels > max_pixels:
         raise ImageLoadError(
@@ -435,7 +436,7 @@ _pillow_saved: tuple[int | None, bool] = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD
 
 
 @contextmanager
-def _strict_pillow() -> Iterator[None]:
+def strict_pillow() -> Iterator[None]:
     """Turn off Pillow's bomb check (we check `max_pixels`) and forbid truncated loads.
 
     Both are Pillow module globals; concurrent decodes share one override, counted, and
