@@ -9,7 +9,7 @@ loop's model load.
 
     python benchmarks/throughput.py [--images 256] [--device cpu]
 
-Writes benchmarks/results/throughput.json.
+Writes benchmarks/results/throughput.json (throughput_gpu.json for another device).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def main() -> None:
     tessera_s = statistics.median(r["seconds"] for r in runs["tessera"][1:])
     plain_ips, tessera_ips = args.images / plain_s, args.images / tessera_s
     write_results(
-        "throughput",
+        "throughput" if args.device == "cpu" else "throughput_gpu",
         {
             "images": args.images,
             "image_size": [480, 640],

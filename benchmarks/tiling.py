@@ -203,8 +203,8 @@ class BareLoop:
     every side does the same model work.
     """
 
-    def __init__(self, network, conf: float) -> None:
-        self.network, self.conf = network, conf
+    def __init__(self, network, conf: float, device: str = "cpu") -> None:
+        self.network, self.conf, self.device = network, conf, device
 
     def run(self, image: np.ndarray) -> int:
         """Predict every tile of ``image``; return the number of (unmerged) boxes."""
@@ -219,6 +219,7 @@ class BareLoop:
             for start in range(0, len(tiles), BATCH_SIZE):
                 batch = [
                     torch.from_numpy(image[t.y : t.y + t.height, t.x : t.x + t.width])
+                    .to(self.device)
                     .permute(2, 0, 1)
                     .float()
                     .div_(255.0)
@@ -229,7 +230,9 @@ class BareLoop:
         return found
 
 
-def run_heavy(folder: Path, quick: bool, warmup: str, threads: int, conf: float) -> dict:
+def run_heavy(
+    folder: Path, quick: bool, warmup: str, threads: int, conf: float, device: str = "cpu"
+) -> dict:
     """Figure 1: the heavy model over a 6000x4000 image (or a crop with ``quick``)."""
     import torch
     import torchvision
@@ -254,12 +257,13 @@ def run_heavy(folder: Path, quick: bool, warmup: str, threads: int, conf: float)
         folder / "frcnn.pt", f"torchvision/{ARCH}", classes, network
     )
     network.roi_heads.score_thresh = conf  # what Tessera's adapter does with conf
+    network.to(device)
 
-    bare = BareLoop(network, conf)
+    bare = BareLoop(network, conf, device)
     sahi_model = TorchVisionDetectionModel(
         model=network,
         confidence_threshold=conf,
-        device="cpu",
+        device=device,
         category_mapping={str(i): name for i, name in enumerate(classes)},
     )
 
@@ -267,7 +271,7 @@ def run_heavy(folder: Path, quick: bool, warmup: str, threads: int, conf: float)
         with torch.inference_mode():  # SAHI's wrapper does not disable autograd itself
             return sahi_sliced(img, sahi_model, "NMS", "IOU")
 
-    model = engine.deploy(checkpoint, threads=threads)
+    model = engine.deploy(checkpoint, threads=threads, device=device)
     try:
         options = {"conf": conf, "merge": "nms", "merge_metric": "iou", "merge_threshold": 0.5}
         warm = {
@@ -286,6 +290,7 @@ def run_heavy(folder: Path, quick: bool, warmup: str, threads: int, conf: float)
         "image_wh": [width, height],
         "cropped_from_wh": list(HEAVY_SIZE_WH) if quick else None,
         "model": f"torchvision/{ARCH} (random weights, torch.manual_seed(0))",
+        "device": device,
         "conf": conf,
         "window": WINDOW,
         "overlap": OVERLAP,
@@ -522,6 +527,9 @@ def main() -> None:
     parser.add_argument("--heavy-warmup", choices=("crop", "full"), default="crop")
     parser.add_argument("--heavy-conf", type=float, default=HEAVY_CONF)
     parser.add_argument("--many-conf", type=float, default=MANY_CONF)
+    parser.add_argument(
+        "--device", default="cpu", help="heavy part's device; cuda writes tiling_gpu.json"
+    )
     args = parser.parse_args()
 
     import ray
@@ -541,7 +549,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             if args.part in ("heavy", "both"):
                 figures["heavy_model"] = run_heavy(
-                    Path(tmp), args.quick, args.heavy_warmup, threads, args.heavy_conf
+                    Path(tmp), args.quick, args.heavy_warmup, threads, args.heavy_conf, args.device
                 )
             if args.part in ("many", "both"):
                 figures["many_objects"] = run_many(args.quick, threads, args.many_conf)
@@ -580,7 +588,7 @@ def main() -> None:
         "8 with no merging, in this process: a floor for every side, so sahi_over_bare "
         "bounds the speedup any tiled engine can show over SAHI with this detector.",
     ]
-    write_results("tiling", figures)
+    write_results("tiling" if args.device == "cpu" else "tiling_gpu", figures)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,7 @@ def test_a_20000_by_20000_png_is_predicted_in_bounded_memory(ray_session, tmp_pa
     with engine.deploy("reference/color-boxes") as model:
         refused = model.predict(path, sliding_window=True, progress=False)[0]
         assert "above the limit" in refused.error and "max_pixels" in refused.error
+        before = [r["process"]["rss"] for r in model.resources()]
         prediction = model.predict(
             path,
             sliding_window=True,
@@ -187,11 +188,12 @@ def test_a_20000_by_20000_png_is_predicted_in_bounded_memory(ray_session, tmp_pa
             max_pixels=SIDE * SIDE,
             progress=False,
         )[0]
-        peak = max(r["process"]["peak_rss"] for r in model.resources())
+        peaks = [r["process"]["peak_rss"] for r in model.resources()]
     assert prediction.error is None
     assert (prediction.height, prediction.width) == (SIDE, SIDE)
     assert len(prediction) == len(boxes)
     np.testing.assert_allclose(sort_xyxy(prediction.boxes), boxes_array(boxes), atol=1.0)
     assert sorted(prediction.classes) == sorted(name for name, *_ in boxes)
-    # the worker never held the image: its peak is below the decoded size
-    assert peak < decoded_bytes, f"worker peak RSS {peak / 2**20:.0f} MiB"
+    # the worker never held the image: it grew by less than half the decoded size
+    grown = max(peak - rss for peak, rss in zip(peaks, before))
+    assert grown < decoded_bytes / 2, f"worker grew by {grown / 2**20:.0f} MiB"
