@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 from engine._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from engine.api import ModelAPI, PredictionResults, attach, deploy
+    from engine.api import ModelAPI, PredictionResults, attach, deploy, track
     from engine.detections import Detections
     from engine.models.base import ModelAdapter
     from engine.models.checkpoint import save_checkpoint
     from engine.models.zoo import list_models
     from engine.prediction import Prediction
     from engine.session import PredictionSession, SessionError
+    from engine.tracking import VideoAnnotation
 
 _EXPORTS = {
     "Detections": "engine.detections",
@@ -36,6 +37,8 @@ _EXPORTS = {
     "deploy": "engine.api",
     "list_models": "engine.models.zoo",
     "save_checkpoint": "engine.models.checkpoint",
+    "track": "engine.api",
+    "VideoAnnotation": "engine.tracking",
 }
 
 __all__ = [
@@ -50,6 +53,8 @@ __all__ = [
     "deploy",
     "list_models",
     "save_checkpoint",
+    "track",
+    "VideoAnnotation",
 ]
 
 

@@ -8,7 +8,8 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,10 @@ from engine.session import (
     session_actor_name,
 )
 from engine.settings import ModelInfo, PredictSettings, validate_settings
+from engine.sources.items import Item
 from engine.sources.resolve import resolve_input
+from engine.sources.video_items import expand_videos, renumber_in_memory
+from engine.tracking import VideoAnnotation
 from engine.worker import WorkerLayout, start_model_workers
 
 logger = logging.getLogger(__name__)
@@ -137,24 +141,60 @@ class ModelAPI:
         """
         # 1) settings, once, at the boundary; 2) input -> items
         settings = validate_settings(options, self.info)
-        resolved = self._resolve(input, settings)
+        job = self._resolve(input, settings)
         # 3) a session in this process over the deployed workers, read to the end
+        predictions = list(self._stream(job, settings, "predict"))
+        return PredictionResults(predictions, job.skipped)
+
+    def track(
+        self,
+        input: Any,  # noqa: A002
+        tracker: Any = "bytetrack",
+        reid_weights: str | Path | None = None,
+        tracker_options: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> list[VideoAnnotation]:
+        """Detect objects in videos with this model and track them (see `engine.track`)."""
+        from engine.tracker_actors import track_videos
+
+        settings = validate_settings(options, self.info)
+        job = self._resolve(input, settings)
+        not_videos = [
+            item.name for item in job.items if item.source != "video" and item.error is None
+        ]
+        if not_videos:
+            raise ValueError(
+                f"track() takes videos; these inputs are not videos: {', '.join(not_videos)}"
+            )
+        frames: dict[str, list[int]] = collections.defaultdict(list)
+        for item in job.items:
+            frames[str(item.path)].extend(item.frames or ())
+        return track_videos(
+            self._stream(job, settings, "track"),
+            job.videos,
+            dict(frames),
+            tracker=tracker,
+            stride=settings.stride,
+            reid_weights=reid_weights,
+            tracker_options=tracker_options,
+        )
+
+    def _stream(self, job: _Job, settings: PredictSettings, label: str) -> Iterator[Prediction]:
+        """Predictions of ``job`` as they come, in order, with a progress bar."""
         core = SessionCore(
-            resolved.items,
+            job.items,
             settings,
             self.info,
             workers=self._workers,
-            context=self._context(resolved, settings),
+            context=self._context(job, settings),
+            videos=job.videos,
         )
-        session = PredictionSession(core, "local", resolved.in_memory, remote=False)
-        predictions: list[Prediction] = []
-        with tqdm(
-            total=len(resolved.items), disable=not settings.progress, desc="predict", unit="img"
-        ) as bar:
+        session = PredictionSession(core, "local", job.in_memory, remote=False)
+        unit = "frame" if job.videos else "img"
+        with tqdm(total=job.num_rows, disable=not settings.progress, desc=label, unit=unit) as bar:
             for prediction in session:
-                predictions.append(prediction)
+                yield prediction
                 bar.update(1)
-        return PredictionResults(predictions, resolved.skipped)
 
     def predict_detached(
         self,
@@ -222,21 +262,29 @@ class ModelAPI:
                 context=self._context(resolved, settings),
                 name_prefix=name,
                 pace_batches=max(PACE_MIN_BATCHES, 4 * max_buffered_blocks),
+                videos=resolved.videos,
             )
         )
         return PredictionSession(actor, session_id, resolved.in_memory)
 
-    def _resolve(self, input: Any, settings: PredictSettings) -> Any:  # noqa: A002
+    def _resolve(self, input: Any, settings: PredictSettings) -> _Job:  # noqa: A002
         resolved = resolve_input(input, recursive=settings.recursive)
         if resolved.skipped:
             logger.warning("skipped %d non-image file(s)", len(resolved.skipped))
-        return resolved
+        expanded = expand_videos(resolved.items, settings.frames)
+        return _Job(
+            expanded.items,
+            resolved.skipped,
+            renumber_in_memory(resolved.in_memory, expanded.renumbered),
+            expanded.videos,
+        )
 
-    def _context(self, resolved: Any, settings: PredictSettings) -> dict[str, Any]:
+    def _context(self, resolved: _Job, settings: PredictSettings) -> dict[str, Any]:
         sources = collections.Counter(item.source for item in resolved.items)
         return {
             "input": {
-                "items": len(resolved.items),
+                "items": resolved.num_rows,
+                "videos": len(resolved.videos),
                 "sources": dict(sources),
                 "skipped": len(resolved.skipped),
                 "first": [item.name for item in resolved.items[:5]],
@@ -264,6 +312,21 @@ class ModelAPI:
             f"ModelAPI(model={self.info.name!r}, task={self.info.task!r}, "
             f"device={self.device!r}, workers={self.num_workers})"
         )
+
+
+@dataclass
+class _Job:
+    """A resolved input: items (videos split into segments) and what goes with them."""
+
+    items: list[Item]
+    skipped: list[str]
+    in_memory: dict[int, Any]
+    videos: dict[str, Any]
+
+    @property
+    def num_rows(self) -> int:
+        """Predictions the job produces: one per image and per selected video frame."""
+        return sum(item.num_rows for item in self.items)
 
 
 def deploy(
@@ -366,3 +429,50 @@ def attach(session_id: str, address: str | None = None) -> PredictionSession:
     except ValueError as exc:
         raise ValueError(f"no prediction session {session_id!r} is alive on this cluster") from exc
     return PredictionSession(actor, session_id)
+
+
+def track(
+    input: Any,  # noqa: A002
+    detector: ModelAPI,
+    tracker: Any = "bytetrack",
+    reid_weights: str | Path | None = None,
+    tracker_options: dict[str, Any] | None = None,
+    **options: Any,
+) -> VideoAnnotation | list[VideoAnnotation]:
+    """Detect objects in videos and track them, each video through its own tracker.
+
+    Args:
+        input: A video file, a directory of videos, or a list of video files.
+        detector: A deployed model (`engine.deploy`).
+        tracker: "bytetrack" (default), "ocsort", "botsort" (or another name of
+            `engine.tracking.TRACKERS`), or a boxmot tracker instance, copied for each video.
+            Trackers that need no ReID weights are the default; a ReID tracker takes a local
+            ``reid_weights`` file and never downloads one.
+        reid_weights: Local ReID weights file, for ReID trackers.
+        tracker_options: More constructor arguments for a tracker given by name (e.g.
+            ``{"track_thresh": 0.4}``).
+        **options: `predict` settings, including the video ones: stride, start_frame,
+            end_frame, num_frames, duration.
+
+    Returns:
+        For one video file, its `VideoAnnotation` (per-frame Predictions with
+        ``track_ids``; ``to_supervisely()``, ``to_mot()``, ``save(dir)``); for a list or
+        a directory, one per video, in order. A video that cannot be read gives an
+        annotation whose ``error`` says why.
+
+    Example:
+        >>> model = engine.deploy("reference/color-boxes")            # doctest: +SKIP
+        >>> annotation = engine.track("clip.mp4", detector=model, stride=2)  # doctest: +SKIP
+        >>> annotation.track_ids()                                      # doctest: +SKIP
+        [1, 2, 3]
+    """
+    annotations = detector.track(
+        input,
+        tracker=tracker,
+        reid_weights=reid_weights,
+        tracker_options=tracker_options,
+        **options,
+    )
+    if isinstance(input, (str, os.PathLike)) and not Path(input).is_dir() and annotations:
+        return annotations[0]
+    return annotations

@@ -1,4 +1,4 @@
-"""The `tessera` command line: `tessera models`, `tessera predict`."""
+"""The `tessera` command line: `tessera models`, `tessera predict`, `tessera track`."""
 
 from __future__ import annotations
 
@@ -25,25 +25,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("models", help="list the models of the zoo")
 
-    predict = commands.add_parser("predict", help="predict over images")
-    predict.add_argument("inputs", nargs="+", help="image files, directories, URLs, projects")
-    predict.add_argument("--model", required=True, help="zoo name or checkpoint path")
-    predict.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    predict.add_argument("--address", default=None, help="Ray cluster to join")
-    predict.add_argument("--out", required=True, type=Path, help="output directory")
+    predict = commands.add_parser("predict", help="predict over images and videos")
+    predict.add_argument(
+        "inputs", nargs="+", help="image and video files, directories, URLs, projects"
+    )
     predict.add_argument("--visualize", action="store_true", help="also write drawn images")
-    predict.add_argument("--no-pretrained", action="store_true", help="random weights (zoo models)")
-    predict.add_argument("--weights", default=None, help="local weights file for a zoo model")
-    predict.add_argument("--num-workers", type=int, default=None, help="model workers")
+    _add_model_and_settings(predict)
+
+    track = commands.add_parser("track", help="detect and track objects through videos")
+    track.add_argument("inputs", nargs="+", help="video files or directories of videos")
+    track.add_argument(
+        "--tracker", default="bytetrack", help="bytetrack (default), ocsort, botsort, ..."
+    )
+    track.add_argument("--reid-weights", default=None, help="local ReID weights (ReID trackers)")
+    track.add_argument("--no-video", action="store_true", help="skip the annotated video")
+    _add_model_and_settings(track)
+    return parser
+
+
+def _add_model_and_settings(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", required=True, help="zoo name or checkpoint path")
+    command.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    command.add_argument("--address", default=None, help="Ray cluster to join")
+    command.add_argument("--out", required=True, type=Path, help="output directory")
+    command.add_argument("--no-pretrained", action="store_true", help="random weights (zoo models)")
+    command.add_argument("--weights", default=None, help="local weights file for a zoo model")
+    command.add_argument("--num-workers", type=int, default=None, help="model workers")
     for spec in SETTINGS:
         flag = "--" + spec.name.replace("_", "-")
         if spec.name == "progress":
-            predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+            command.add_argument("--no-progress", action="store_true", help="no progress bar")
         elif spec.cli_flag:
-            predict.add_argument(flag, action="store_true", help=spec.help)
+            command.add_argument(flag, action="store_true", help=spec.help)
         else:
-            predict.add_argument(flag, type=str, default=None, help=spec.help)
-    return parser
+            command.add_argument(flag, type=str, default=None, help=spec.help)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _models()
+        if args.command == "track":
+            return _track(args)
         return _predict(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"tessera: error: {exc}", file=sys.stderr)
@@ -86,10 +103,9 @@ def _predict_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def _predict(args: argparse.Namespace) -> int:
+def _deploy(args: argparse.Namespace, options: dict[str, Any]) -> Any:
     import engine
 
-    options = _predict_options(args)
     model_options: dict[str, Any] = {}
     if args.no_pretrained:
         model_options["pretrained"] = False
@@ -97,9 +113,15 @@ def _predict(args: argparse.Namespace) -> int:
         model_options["weights"] = args.weights
     if args.num_workers:
         model_options["num_workers"] = args.num_workers
-    started = time.perf_counter()
     model = engine.deploy(args.model, device=args.device, address=args.address, **model_options)
     model.settings(**options)  # fail on bad options before touching the inputs
+    return model
+
+
+def _predict(args: argparse.Namespace) -> int:
+    options = _predict_options(args)
+    started = time.perf_counter()
+    model = _deploy(args, options)
     inputs = args.inputs if len(args.inputs) > 1 else args.inputs[0]
     results = model.predict(inputs, **options)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -120,12 +142,47 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_ITEMS_FAILED if results.failed else EXIT_OK
 
 
+def _track(args: argparse.Namespace) -> int:
+    from engine.tracking import write_tracked_video
+
+    options = _predict_options(args)
+    started = time.perf_counter()
+    model = _deploy(args, options)
+    annotations = model.track(
+        args.inputs, tracker=args.tracker, reid_weights=args.reid_weights, **options
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for annotation in annotations:
+        if annotation.error is not None:
+            failed += 1
+            print(f"  failed: {annotation.error}", file=sys.stderr)
+            continue
+        written = annotation.save(args.out)
+        if not args.no_video:
+            stem = Path(annotation.name).stem
+            written["video"] = write_tracked_video(annotation, args.out / f"{stem}_tracks.mp4")
+        frame_errors = [p.error for p in annotation.frames if p.error is not None]
+        failed += bool(frame_errors)
+        for error in frame_errors:
+            print(f"  failed: {error}", file=sys.stderr)
+        print(
+            f"{annotation.name}: {len(annotation.frames)} frame(s), "
+            f"{len(annotation.track_ids())} track(s) -> "
+            + ", ".join(str(p) for p in written.values())
+        )
+    print(f"{len(annotations)} video(s) in {round(time.perf_counter() - started, 2)} s")
+    return EXIT_ITEMS_FAILED if failed else EXIT_OK
+
+
 def _write_visualizations(results: Sequence[Any], folder: Path) -> None:
     used: set[str] = set()
     for prediction in results:
         if prediction.error is not None:
             continue
         name = Path(prediction.name).name or f"image_{prediction.index}"
+        if prediction.frame_index is not None:
+            name = f"{Path(name).stem}_{int(prediction.frame_index):06d}.png"
         if not Path(name).suffix:
             name += ".png"
         if name in used:

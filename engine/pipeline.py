@@ -4,6 +4,8 @@ items (one Arrow row each, one block per model batch)
 -> Ray tasks: decode each item (file, URL, in-memory pixels); an item that cannot
 be decoded becomes a row carrying its error; a large file to be predicted in tiles is
 not decoded here but passed on as a `BandSource`, which the worker reads band by band
+-> a video segment (a keyframe-aligned run of selected frames) is decoded by one task,
+which hands its frames to the workers a batch at a time
 -> the decoded batch goes to one of the deployed model workers (Ray actors that
 hold the loaded model) while the task's siblings decode the next batches
 -> prediction rows (PREDICTION_SCHEMA), exactly one per item, in input order
@@ -24,6 +26,8 @@ from engine.settings import PredictSettings
 from engine.sources.bands import BandSource, band_source_for
 from engine.sources.decode import ImageLoadError, decode_item
 from engine.sources.items import Item
+from engine.sources.video import DecodedFrame, decode_segment
+from engine.sources.video_items import segment_of
 
 #: Arrow schema of an input item row (see `engine.sources.items.Item.to_row`).
 ITEM_SCHEMA = pa.schema(
@@ -37,6 +41,10 @@ ITEM_SCHEMA = pa.schema(
         pa.field("pixels", pa.large_binary()),
         pa.field("shape", pa.list_(pa.int64())),
         pa.field("error", pa.string()),
+        pa.field("frames", pa.list_(pa.int64())),
+        pa.field("seek_frame", pa.int64()),
+        pa.field("seek_pts", pa.int64()),
+        pa.field("last_frame", pa.int64()),
     ]
 )
 
@@ -45,37 +53,67 @@ DECODE_TASK_CPUS = 0.5
 
 
 def plan_predictions(
-    items: list[Item], workers: list[Any], settings: PredictSettings
+    items: list[Item],
+    workers: list[Any],
+    settings: PredictSettings,
+    videos: dict[str, Any] | None = None,
 ) -> ray.data.Dataset:
     """Build the lazy Ray Data plan predicting ``items`` on ``workers``.
 
     Args:
-        items: The resolved input items.
+        items: The resolved input items; videos already split into segment items (see
+            `engine.sources.video_items.expand_videos`).
         workers: Handles of deployed `ModelWorker` actors.
         settings: Validated settings.
+        videos: Path -> `VideoInfo` (or an object reference to one) of each video.
 
     Returns:
-        A Dataset whose rows follow `PREDICTION_SCHEMA`, one per item, in order.
+        A Dataset whose rows follow `PREDICTION_SCHEMA`, one per image and one per
+        selected video frame, in order.
     """
-    # 1) one block per model batch, so a task decodes exactly what one forward pass needs;
-    #    an explicit schema keeps every block's column types the same
+    # 1) one block per model batch of images, and one per video segment, so a task decodes
+    #    exactly what it hands on; an explicit schema keeps every block's types the same
     table = pa.Table.from_pylist([item.to_row() for item in items], schema=ITEM_SCHEMA)
-    size = settings.batch_size
-    blocks = [table.slice(start, size) for start in range(0, max(len(items), 1), size)]
-    dataset = ray.data.from_arrow(blocks)
+    blocks = [table.slice(start, stop - start) for start, stop in _block_bounds(items, settings)]
+    dataset = ray.data.from_arrow(blocks or [table])
     # 2) decode in tasks, predict on the model workers, emit prediction rows
     return dataset.map_batches(
         predict_batch,
-        batch_size=settings.batch_size,
+        batch_size=None,  # a block is a batch
         batch_format="pyarrow",
-        fn_kwargs={"workers": workers, "settings": settings},
+        fn_kwargs={"workers": workers, "settings": settings, "videos": videos or {}},
         num_cpus=DECODE_TASK_CPUS,
     )
 
 
-def predict_batch(batch: pa.Table, workers: list[Any], settings: PredictSettings) -> pa.Table:
+def _block_bounds(items: list[Item], settings: PredictSettings) -> list[tuple[int, int]]:
+    """Row ranges of the blocks: runs of up to ``batch_size`` images, or one segment."""
+    bounds: list[tuple[int, int]] = []
+    start = 0
+    for position, item in enumerate(items):
+        if item.frames is not None:
+            if start < position:
+                bounds.append((start, position))
+            bounds.append((position, position + 1))
+            start = position + 1
+        elif position + 1 - start == settings.batch_size:
+            bounds.append((start, position + 1))
+            start = position + 1
+    if start < len(items):
+        bounds.append((start, len(items)))
+    return bounds
+
+
+def predict_batch(
+    batch: pa.Table,
+    workers: list[Any],
+    settings: PredictSettings,
+    videos: dict[str, Any] | None = None,
+) -> pa.Table:
     """Decode one batch of items and predict it on a model worker (a Ray Data UDF)."""
     items = [Item.from_row(row) for row in batch.to_pylist()]
+    if len(items) == 1 and items[0].frames is not None:
+        return predict_segment(items[0], workers, settings, (videos or {}).get(items[0].path))
     # 1) decode; a failure stays with its item
     images: dict[int, np.ndarray | BandSource] = {}
     errors: dict[int, str] = {}
@@ -103,6 +141,69 @@ def predict_batch(batch: pa.Table, workers: list[Any], settings: PredictSettings
         error = errors.get(position) or (result.error if result else None)
         detections = result.detections if result and result.detections else Detections.empty()
         rows.append(_prediction_row(item, image, detections, error))
+    return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
+
+
+def predict_segment(
+    item: Item, workers: list[Any], settings: PredictSettings, info: Any = None
+) -> pa.Table:
+    """Decode one video segment and predict its selected frames, one row per frame.
+
+    Frames go to the model workers in batches of ``batch_size`` while the next batch
+    decodes; a frame that fails to decode is a row carrying its error.
+    """
+    if isinstance(info, ray.ObjectRef):
+        info = ray.get(info)
+    if item.error is not None:  # frames the file does not hold
+        rows = []
+        for offset, frame_index in enumerate(item.frames or ()):
+            row = _prediction_row(item, None, Detections.empty(), item.error)
+            row.update(index=item.index + offset, frame_index=frame_index)
+            if info is not None:
+                row.update(height=info.height, width=info.width)
+            rows.append(row)
+        return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
+    first_worker = item.index // settings.batch_size
+    results: list[tuple[DecodedFrame, ImageResult | None]] = []
+    pending: list[int] = []  # positions in results waiting for the model
+    in_flight: list[tuple[list[int], Any]] = []
+    sent = 0
+
+    def submit() -> None:
+        nonlocal sent
+        worker = workers[(first_worker + sent) % len(workers)]
+        sent += 1
+        images = [results[p][0].image for p in pending]
+        in_flight.append((list(pending), worker.predict.remote(images, settings)))
+        pending.clear()
+
+    def collect(keep: int) -> None:
+        while len(in_flight) > keep:
+            positions, ref = in_flight.pop(0)
+            for position, output in zip(positions, ray.get(ref)):
+                results[position] = (results[position][0], output)
+
+    for frame in decode_segment(segment_of(item), info):
+        results.append((frame, None))
+        if frame.image is not None:
+            pending.append(len(results) - 1)
+        if len(pending) == settings.batch_size:
+            submit()
+            collect(keep=1)  # decode the next batch while this one is predicted
+    if pending:
+        submit()
+    collect(keep=0)
+    rows = []
+    for offset, (frame, result) in enumerate(results):
+        error = frame.error or (result.error if result else None)
+        detections = result.detections if result and result.detections else Detections.empty()
+        row = _prediction_row(item, frame.image, detections, error)
+        row.update(
+            index=item.index + offset, frame_index=frame.frame_index, timestamp=frame.timestamp
+        )
+        if frame.image is None and info is not None:
+            row.update(height=info.height, width=info.width)
+        rows.append(row)
     return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
 
 

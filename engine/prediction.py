@@ -134,9 +134,17 @@ class Prediction:
 
     # ------------------------------------------------------------------ images
     def load_image(self) -> np.ndarray:
-        """Return the original image as an HWC RGB uint8 array (EXIF orientation applied)."""
+        """Return the original image as an HWC RGB uint8 array (EXIF orientation applied).
+
+        For a video frame, the frame is decoded again from the video (seeking to the
+        keyframe before it), with the video's rotation applied.
+        """
         if self.image is not None:
             return self.image
+        if self.frame_index is not None and self.path is not None:
+            from engine.sources.video import load_frame
+
+            return load_frame(self.path, self.frame_index)
         from engine.sources.decode import load_image
 
         if self.path is not None:

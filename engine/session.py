@@ -66,6 +66,7 @@ class SessionCore:
         name_prefix: Name of the session's own workers (for detached sessions).
         pace_batches: Model batches per plan (see `_chunks`); None runs one plan over every
             item, for a consumer that reads as fast as it can.
+        videos: Path -> probed `VideoInfo` of the videos that ``items`` hold segments of.
     """
 
     def __init__(
@@ -81,8 +82,10 @@ class SessionCore:
         context: dict[str, Any] | None = None,
         name_prefix: str | None = None,
         pace_batches: int | None = None,
+        videos: dict[str, Any] | None = None,
     ) -> None:
-        self.items_total = len(items)
+        self.items_total = sum(item.num_rows for item in items)
+        self._videos = videos or {}
         self._pace_batches = pace_batches
         self.model = model
         self.context = context or {}
@@ -113,6 +116,7 @@ class SessionCore:
             # 2) the plan, then its blocks into the bounded buffer as they finish
             self._set_message("predicting")
             ray.data.DataContext.get_current().execution_options.preserve_order = self._ordered
+            self._videos = {path: ray.put(info) for path, info in self._videos.items()}
             chunks = self._chunks()
             current = self._start_plan(next(chunks))
             while current is not None:
@@ -139,8 +143,8 @@ class SessionCore:
         """Start executing the plan of ``chunk``; return its block iterator and row count."""
         if chunk is None:
             return None
-        dataset = plan_predictions(chunk, self._workers, self._settings)
-        return iter(dataset.iter_internal_ref_bundles()), len(chunk)
+        dataset = plan_predictions(chunk, self._workers, self._settings, self._videos)
+        return iter(dataset.iter_internal_ref_bundles()), sum(item.num_rows for item in chunk)
 
     def _chunks(self) -> Iterator[list[Item]]:
         """Cut the items into plans of a few buffers' worth of batches (all, unpaced).
@@ -153,13 +157,19 @@ class SessionCore:
         """
         items, self._items = self._items, []
         if self._pace_batches is None:
-            size = max(1, len(items))
-        else:
-            size = self._pace_batches * self._settings.batch_size
-        for start in range(0, len(items), size):
-            yield items[start : start + size]
-        if not items:
-            yield []
+            yield items
+            return
+        size = self._pace_batches * self._settings.batch_size  # prediction rows per plan
+        chunk: list[Item] = []
+        rows = 0
+        for item in items:
+            chunk.append(item)
+            rows += item.num_rows
+            if rows >= size:
+                yield chunk
+                chunk, rows = [], 0
+        if chunk or not items:
+            yield chunk
 
     def _offer(self, ref: Any) -> None:
         table: pa.Table = ray.get(ref)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.sources.decode import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    from engine.sources.video_items import FrameOptions
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -50,6 +53,11 @@ class PredictSettings:
         merge_threshold: Overlap at which two objects are the same object.
         class_agnostic: Merge objects across classes.
         full_image: Also predict the whole image and merge it with the tiles.
+        stride: Predict every ``stride``-th frame of a video.
+        start_frame: First video frame to consider.
+        end_frame: Video frame to stop before (exclusive), or None.
+        num_frames: Most video frames to predict (after the stride), or None.
+        duration: Seconds of video to predict from ``start_frame``, or None.
     """
 
     conf: float
@@ -68,6 +76,20 @@ class PredictSettings:
     merge_threshold: float = 0.5
     class_agnostic: bool = False
     full_image: bool = False
+    stride: int = 1
+    start_frame: int = 0
+    end_frame: int | None = None
+    num_frames: int | None = None
+    duration: float | None = None
+
+    @property
+    def frames(self) -> FrameOptions:
+        """The video frame selection these settings ask for."""
+        from engine.sources.video_items import FrameOptions
+
+        return FrameOptions(
+            self.stride, self.start_frame, self.end_frame, self.num_frames, self.duration
+        )
 
     def describe(self, classes: Sequence[str]) -> dict[str, Any]:
         """Return the settings as a JSON-friendly dict with class names instead of indices."""
@@ -134,6 +156,11 @@ def _check_classes(name: str, value: Any) -> tuple[str, ...] | None:
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_any(name: str, value: Any) -> Any:
+    """Checked later, together (see `_check_frame_options`)."""
     return value
 
 
@@ -273,6 +300,11 @@ SETTINGS: tuple[SettingSpec, ...] = (
         _check_bool,
         cli_flag=True,
     ),
+    SettingSpec("stride", "videos: predict every N-th frame (default 1)", 1, _check_any, int),
+    SettingSpec("start_frame", "videos: first frame (default 0)", 0, _check_any, int),
+    SettingSpec("end_frame", "videos: stop before this frame (exclusive)", None, _check_any, int),
+    SettingSpec("num_frames", "videos: most frames to predict", None, _check_any, int),
+    SettingSpec("duration", "videos: seconds to predict from start_frame", None, _check_any, float),
 )
 
 _SPECS = {spec.name: spec for spec in SETTINGS}
@@ -310,6 +342,7 @@ def validate_settings(options: dict[str, Any], model: ModelInfo) -> PredictSetti
     class_idxs = None
     if values["classes"] is not None:
         class_idxs = _class_indices(values["classes"], model.classes)
+    _check_frame_options(values)
     window = values["window_size"] or tuple(model.input_size)
     if values["sliding_window"]:
         _check_overlap_fits(values["overlap"], window)
@@ -330,6 +363,23 @@ def validate_settings(options: dict[str, Any], model: ModelInfo) -> PredictSetti
         progress=values["progress"],
         max_pixels=values["max_pixels"],
         url_timeout=values["url_timeout"],
+        stride=values["stride"],
+        start_frame=values["start_frame"],
+        end_frame=values["end_frame"],
+        num_frames=values["num_frames"],
+        duration=None if values["duration"] is None else float(values["duration"]),
+    )
+
+
+def _check_frame_options(values: dict[str, Any]) -> None:
+    from engine.sources.video import validate_frame_options
+
+    validate_frame_options(
+        stride=values["stride"],
+        start_frame=values["start_frame"],
+        end_frame=values["end_frame"],
+        num_frames=values["num_frames"],
+        duration=values["duration"],
     )
 
 

@@ -205,7 +205,7 @@ def test_empty_directory_messages(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (item,) = resolve_input(empty).items
-    assert item.error == f"{empty}: directory contains no images"
+    assert item.error == f"{empty}: directory contains no images or videos"
     assert item.name == "empty"
 
     docs = tmp_path / "docs"
@@ -214,7 +214,9 @@ def test_empty_directory_messages(tmp_path):
     (docs / "b.pdf").write_text("b")
     resolved = resolve_input(docs)
     (item,) = resolved.items
-    assert item.error == f"{docs}: directory contains no images (2 non-image files skipped)"
+    assert (
+        item.error == f"{docs}: directory contains no images or videos (2 non-image files skipped)"
+    )
     assert len(resolved.skipped) == 2
 
     nested = tmp_path / "nested"

@@ -9,28 +9,51 @@ from typing import Any
 import numpy as np
 
 #: The values `Item.source` takes.
-SOURCES = ("file", "url", "array", "pil", "supervisely")
+SOURCES = ("file", "url", "array", "pil", "supervisely", "video")
 
 #: Keys of `Item.to_row()`, always all present.
-ROW_KEYS = ("index", "source", "name", "path", "url", "dataset", "pixels", "shape", "error")
+ROW_KEYS = (
+    "index",
+    "source",
+    "name",
+    "path",
+    "url",
+    "dataset",
+    "pixels",
+    "shape",
+    "error",
+    "frames",
+    "seek_frame",
+    "seek_pts",
+    "last_frame",
+)
 
 
 @dataclass(frozen=True)
 class Item:
-    """One image to predict: where it comes from, or its pixels when held in memory.
+    """One image to predict, or one keyframe-aligned segment of a video.
+
+    An image item says where the image comes from, or holds its pixels when in memory; a
+    segment item says which frames of its video to predict.
 
     Attributes:
         index: Position of the item in the resolved input (0, 1, 2, ...).
-        source: "file", "url", "array", "pil" or "supervisely".
+        source: "file", "url", "array", "pil", "supervisely" or "video".
         name: Display name: file name, URL's last path part (or host), ``array_<i>`` /
             ``pil_<i>`` for in-memory images, image file name for Supervisely items.
-        path: Absolute local path for "file" and "supervisely" items.
+        path: Absolute local path for "file", "supervisely" and "video" items.
         url: The http(s) URL for "url" items.
         dataset: Supervisely dataset name (nested ones as "parent/child").
         pixels: Raw HWC RGB uint8 bytes of an in-memory image, already converted to RGB.
         shape: (height, width, 3) of `pixels`.
         error: A problem found while resolving; the item is not decoded and its
             prediction carries this error.
+        frames: For a video segment, the source frame indices to predict, ascending
+            (see `engine.sources.video.VideoSegment`); None for an image. A "video" item
+            without frames is a whole video not yet split (or one that failed to open).
+        seek_frame: For a video segment, the keyframe decoding starts from.
+        seek_pts: That keyframe's presentation timestamp.
+        last_frame: The last frame the segment decodes.
 
     Example:
         >>> item = Item(index=0, source="file", name="a.jpg", path="/data/a.jpg")
@@ -48,6 +71,15 @@ class Item:
     pixels: bytes | None = None
     shape: tuple[int, int, int] | None = None
     error: str | None = None
+    frames: tuple[int, ...] | None = None
+    seek_frame: int | None = None
+    seek_pts: int | None = None
+    last_frame: int | None = None
+
+    @property
+    def num_rows(self) -> int:
+        """Predictions this item produces: one per frame of a segment, else one."""
+        return len(self.frames) if self.frames else 1
 
     def to_row(self) -> dict[str, Any]:
         """Return the item as a Ray Data row: every key of `ROW_KEYS`, Arrow-friendly values.
@@ -70,6 +102,10 @@ class Item:
             "pixels": self.pixels,
             "shape": None if self.shape is None else [int(s) for s in self.shape],
             "error": self.error,
+            "frames": None if self.frames is None else [int(f) for f in self.frames],
+            "seek_frame": self.seek_frame,
+            "seek_pts": self.seek_pts,
+            "last_frame": self.last_frame,
         }
 
     @classmethod
@@ -93,6 +129,7 @@ class Item:
         """
         shape = row.get("shape")
         pixels = row.get("pixels")
+        frames = row.get("frames")
         return cls(
             index=int(row["index"]),
             source=str(row["source"]),
@@ -103,6 +140,10 @@ class Item:
             pixels=None if _is_missing(pixels) else bytes(pixels),
             shape=None if _is_missing(shape) else tuple(int(s) for s in shape),
             error=_optional_str(row.get("error")),
+            frames=None if _is_missing(frames) else tuple(int(f) for f in frames),
+            seek_frame=_optional_int(row.get("seek_frame")),
+            seek_pts=_optional_int(row.get("seek_pts")),
+            last_frame=_optional_int(row.get("last_frame")),
         )
 
     @property
@@ -129,6 +170,10 @@ class Item:
 
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if _is_missing(value) else int(value)
 
 
 def _optional_str(value: Any) -> str | None:

@@ -26,6 +26,7 @@ from engine.sources.supervisely_project import (
     is_supervisely_project,
     read_project,
 )
+from engine.sources.video import is_video_path
 
 #: File extensions recognised as images inside directories (compared lower-case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -155,10 +156,12 @@ class _Resolver:
         if path.is_dir():
             self._add_directory(path, shown)
         elif path.exists():
-            self._item("file", path.name, path=str(path.absolute()))
+            source = "video" if is_video_path(path) else "file"
+            self._item(source, path.name, path=str(path.absolute()))
         else:
             name = path.name or shown
-            self._item("file", name, path=str(path), error=f"file not found: {shown}")
+            source = "video" if is_video_path(path) else "file"
+            self._item(source, name, path=str(path), error=f"file not found: {shown}")
 
     # ------------------------------------------------------------------ directories
     def _add_directory(self, directory: Path, shown: str) -> None:
@@ -168,7 +171,7 @@ class _Resolver:
         images, others = _list_directory(directory, self.recursive)
         self.result.skipped.extend(str(p) for p in others)
         for image in images:
-            self._item("file", image.name, path=str(image))
+            self._item("video" if is_video_path(image) else "file", image.name, path=str(image))
         if not images:
             self._item(
                 "file",
@@ -178,7 +181,7 @@ class _Resolver:
             )
 
     def _empty_message(self, directory: Path, shown: str, num_skipped: int) -> str:
-        message = f"{shown}: directory contains no images"
+        message = f"{shown}: directory contains no images or videos"
         if num_skipped:
             message += f" ({num_skipped} non-image files skipped)"
         if not self.recursive and _has_images_below(directory):
@@ -226,13 +229,17 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _is_media(path: Path) -> bool:
+    return _is_image(path) or is_video_path(path)
+
+
 def _list_directory(directory: Path, recursive: bool) -> tuple[list[Path], list[Path]]:
-    """Return (image files, other files) under `directory`, sorted by path parts."""
+    """Return (image and video files, other files) under `directory`, sorted by path parts."""
     images: list[Path] = []
     others: list[Path] = []
     root = directory.absolute()
     for path in _walk_files(root, recursive):
-        (images if _is_image(path) else others).append(path)
+        (images if _is_media(path) else others).append(path)
     key = lambda p: p.relative_to(root).parts  # noqa: E731
     return sorted(images, key=key), sorted(others, key=key)
 
@@ -266,6 +273,6 @@ def _walk_files(root: Path, recursive: bool) -> list[Path]:
 def _has_images_below(directory: Path) -> bool:
     for _folder, dirs, files in os.walk(directory):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if any(not f.startswith(".") and _is_image(Path(f)) for f in files):
+        if any(not f.startswith(".") and _is_media(Path(f)) for f in files):
             return True
     return False
