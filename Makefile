@@ -24,6 +24,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/sessions.py
 	$(PY) benchmarks/tiling.py
+	$(PY) benchmarks/large_image.py
+	$(PY) benchmarks/video.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -25,7 +25,7 @@ class RetryPolicy:
             parallel uploaders that failed together do not retry together.
 
     Example:
-        >>> RetryPolicy(base_delay_s=0.5).delay(2, retry_after=None, draw=1.0)
+        >>> RetryPolicy(base_delay_s=0.5).delay(3, retry_after=None, draw=1.0)
         2.0
     """
 
