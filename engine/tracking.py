@@ -701,7 +701,7 @@ def draw_tracks(
     """
     from PIL import Image, ImageDraw
 
-    from engine.visualize import class_color, draw_prediction
+    from engine.visualize import class_color, draw_label, draw_prediction, label_font
 
     if prediction.error is not None:
         return np.array(image, copy=True)
@@ -722,7 +722,7 @@ def draw_tracks(
     out = Image.fromarray(drawn)
     draw = ImageDraw.Draw(out)
     height, width = drawn.shape[:2]
-    font = _font(max(10, round(min(height, width) / 40)))
+    font = label_font(max(10, round(min(height, width) / 40)))
     for i, box in enumerate(dets.xyxy):
         class_idx = int(dets.class_idxs[i])
         label = names[class_idx] if 0 <= class_idx < len(names) else str(class_idx)
@@ -730,33 +730,8 @@ def draw_tracks(
             label = f"id:{int(ids[i])} {label}"
         left = min(max(0, math.floor(float(box[0]))), width - 1)
         top = min(max(0, math.floor(float(box[1]))), height - 1)
-        _label(draw, font, label, left, top, class_color(int(color_keys[i])))
+        draw_label(draw, font, label, left, top, class_color(int(color_keys[i])))
     return np.asarray(out).copy()
-
-
-def _font(size: int) -> Any:
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except (ImportError, OSError, TypeError):  # Pillow without FreeType, or < 10.1
-        return ImageFont.load_default()
-
-
-def _label(draw: Any, font: Any, text: str, left: int, top: int, color: tuple) -> None:
-    """Write ``text`` on a box of ``color`` just above (left, top), or inside if no room."""
-    x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
-    pad = 2
-    w, h = x1 - x0 + 2 * pad, y1 - y0 + 2 * pad
-    y = top - h if top - h >= 0 else top
-    draw.rectangle((left, y, left + w - 1, y + h - 1), fill=color)
-    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-    draw.text(
-        (left + pad - x0, y + pad - y0),
-        text,
-        fill=(0, 0, 0) if luminance > 150 else (255, 255, 255),
-        font=font,
-    )
 
 
 def write_tracked_video(

@@ -115,10 +115,10 @@ def draw_prediction(
                 if score > 0 and math.isfinite(x) and math.isfinite(y):
                     draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=c)
     if draw_tags:
-        font = _font(max(10, round(min(height, width) / 40)))
+        font = label_font(max(10, round(min(height, width) / 40)))
         labels = zip(rects, colors, prediction.classes, prediction.scores, strict=True)
         for (left, top, _, _), c, name, score in labels:
-            _draw_label(draw, font, f"{name} {score:.2f}", left, top, c)
+            draw_label(draw, font, f"{name} {score:.2f}", left, top, c)
     drawn = np.asarray(out).copy()
 
     # 3) save
@@ -188,14 +188,15 @@ def _blend(region: np.ndarray, color: tuple[int, ...], alpha: float) -> None:
     region += np.asarray(color, np.float32) * alpha
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` pixels (its bitmap font where FreeType is missing)."""
     try:
         return ImageFont.load_default(size=size)
     except (ImportError, OSError, TypeError):  # Pillow without FreeType, or < 10.1
         return ImageFont.load_default()
 
 
-def _draw_label(
+def draw_label(
     draw: ImageDraw.ImageDraw,
     font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
     text: str,

@@ -15,18 +15,12 @@ from pathlib import Path
 import av
 import numpy as np
 
+from engine.models.reference import COLORS as REFERENCE_COLORS
+
 Box = tuple[str, int, int, int, int]
 
-#: The pure colours the rectangles are drawn in (same values as the reference detector's).
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "blue": (0, 0, 255),
-    "yellow": (255, 255, 0),
-    "cyan": (0, 255, 255),
-    "magenta": (255, 0, 255),
-    "white": (255, 255, 255),
-}
+#: The pure colours the rectangles are drawn in: the reference detector's classes.
+COLORS = REFERENCE_COLORS
 
 #: (colour, speed in px/frame, phase in px) of the rectangles drawn by `moving_boxes`.
 _TRACKS = (("red", 3, 0), ("green", 5, 17), ("blue", 7, 40))
