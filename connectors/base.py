@@ -24,10 +24,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.outputs import UPLOAD_MODES
 from engine.prediction import Prediction
 
-#: The upload modes a connector may support.
-UPLOAD_MODES = ("create", "append", "replace", "iou_merge")
+__all__ = [
+    "UPLOAD_MODES",
+    "Connector",
+    "DeliveryError",
+    "DeliveryResult",
+    "RequestGate",
+    "UnsupportedModeError",
+    "UploadPlan",
+]
 
 
 class DeliveryError(Exception):

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from engine.models.base import ModelAdapter
 from engine.models.zoo import resolve_model
+from engine.outputs import OutputSpec, output_spec
 from engine.prediction import Prediction
 from engine.runtime import cluster_gpus, ensure_ray
 from engine.session import (
@@ -48,11 +49,19 @@ class PredictionResults(list):
 
     Attributes:
         skipped: Files inside input directories that were not images, so not predicted.
+        outputs: Summary of each upload and export (``"upload:supervisely"``,
+            ``"export:coco"``): delivered, dead, files written...
     """
 
-    def __init__(self, predictions: Iterable[Prediction], skipped: list[str]) -> None:
+    def __init__(
+        self,
+        predictions: Iterable[Prediction],
+        skipped: list[str],
+        outputs: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(predictions)
         self.skipped = skipped
+        self.outputs = outputs or {}
 
     @property
     def failed(self) -> list[Prediction]:
@@ -118,16 +127,33 @@ class ModelAPI:
         """Validate `predict` options against this model without running anything."""
         return validate_settings(options, self.info)
 
-    def predict(self, input: Any, **options: Any) -> PredictionResults:  # noqa: A002
-        """Predict over images and return one Prediction per image, in input order.
+    def predict(
+        self,
+        input: Any,  # noqa: A002
+        upload: str | None = None,
+        to: Any = None,
+        upload_options: dict[str, Any] | None = None,
+        out: str | Path | None = None,
+        format: str | None = None,  # noqa: A002
+        **options: Any,
+    ) -> PredictionResults:
+        """Predict over images and videos; one Prediction per image or frame, in order.
 
         Args:
-            input: An image path, a directory, an http(s) URL, a PIL image, a numpy array
-                (HWC RGB uint8; grayscale and RGBA are converted), a local Supervisely
-                project, or a list mixing these.
+            input: An image or video path, a directory, an http(s) URL, a PIL image, a
+                numpy array (HWC RGB uint8; grayscale and RGBA are converted), a local
+                Supervisely project, or a list mixing these.
+            upload: Send the predictions to a platform as they come: "create",
+                "append", "replace" or "iou_merge" (what the connector supports).
+            to: The connector: "supervisely" or a `connectors.base.Connector`.
+            upload_options: The connector's options and the upload runtime's
+                (``requests_per_second``, ``max_in_flight``, ``num_uploaders``,
+                ``batch_size``, ``journal_dir``).
+            out: Also write the predictions into this directory as they come.
+            format: The export's format: "jsonl" (default), "sly", "coco", "parquet".
             **options: conf, batch_size, img_size, classes, recursive, progress,
-                max_pixels, url_timeout (see `engine.settings.SETTINGS`). Any other
-                keyword is an error.
+                max_pixels, url_timeout, the sliding-window and the video options (see
+                `engine.settings.SETTINGS`). Any other keyword is an error.
 
         Returns:
             A list of Predictions (with ``.skipped`` non-image files and ``.summary()``).
@@ -139,12 +165,14 @@ class ModelAPI:
             >>> model = engine.deploy("reference/color-boxes")  # doctest: +SKIP
             >>> preds[0].boxes, preds[0].classes  # doctest: +SKIP
         """
-        # 1) settings, once, at the boundary; 2) input -> items
+        # 1) settings and outputs, once, at the boundary; 2) input -> items
         settings = validate_settings(options, self.info)
+        outputs = output_spec(upload, to, upload_options, out, format)
         job = self._resolve(input, settings)
         # 3) a session in this process over the deployed workers, read to the end
-        predictions = list(self._stream(job, settings, "predict"))
-        return PredictionResults(predictions, job.skipped)
+        report: dict[str, Any] = {}
+        predictions = list(self._stream(job, settings, "predict", outputs, report))
+        return PredictionResults(predictions, job.skipped, report.get("outputs"))
 
     def track(
         self,
@@ -179,8 +207,19 @@ class ModelAPI:
             tracker_options=tracker_options,
         )
 
-    def _stream(self, job: _Job, settings: PredictSettings, label: str) -> Iterator[Prediction]:
-        """Predictions of ``job`` as they come, in order, with a progress bar."""
+    def _stream(
+        self,
+        job: _Job,
+        settings: PredictSettings,
+        label: str,
+        outputs: OutputSpec | None = None,
+        report: dict[str, Any] | None = None,
+    ) -> Iterator[Prediction]:
+        """Predictions of ``job`` as they come, in order, with a progress bar.
+
+        Once the stream ends, ``report["outputs"]`` holds the outputs' summaries.
+        """
+        job_id = uuid.uuid4().hex[:12]
         core = SessionCore(
             job.items,
             settings,
@@ -188,6 +227,8 @@ class ModelAPI:
             workers=self._workers,
             context=self._context(job, settings),
             videos=job.videos,
+            outputs=outputs,
+            job_id=job_id,
         )
         session = PredictionSession(core, "local", job.in_memory, remote=False)
         unit = "frame" if job.videos else "img"
@@ -195,6 +236,8 @@ class ModelAPI:
             for prediction in session:
                 yield prediction
                 bar.update(1)
+        if report is not None:
+            report["outputs"] = core.status()["outputs"]
 
     def predict_detached(
         self,
@@ -202,6 +245,11 @@ class ModelAPI:
         ordered: bool = True,
         max_buffered_blocks: int = DEFAULT_MAX_BUFFERED_BLOCKS,
         idle_timeout_s: float = 3600.0,
+        upload: str | None = None,
+        to: Any = None,
+        upload_options: dict[str, Any] | None = None,
+        out: str | Path | None = None,
+        format: str | None = None,  # noqa: A002
         **options: Any,
     ) -> PredictionSession:
         """Start predicting in the background and return the session at once.
@@ -218,6 +266,12 @@ class ModelAPI:
                 for the consumer before production stalls.
             idle_timeout_s: Once production has ended, a session nobody reads for this
                 long frees itself.
+            upload: As for `predict`; the upload runs in the session, so it goes on
+                after this process detaches ("outputs" in `status()` summarises it).
+            to: As for `predict`.
+            upload_options: As for `predict`.
+            out: As for `predict`; written by the session's process.
+            format: As for `predict`.
             **options: As for `predict`.
 
         Returns:
@@ -238,6 +292,7 @@ class ModelAPI:
         if not isinstance(ordered, bool):
             raise ValueError(f"ordered must be True or False, got {ordered!r}")
         settings = validate_settings(options, self.info)
+        outputs = output_spec(upload, to, upload_options, out, format)
         resolved = self._resolve(input, settings)
         session_id = uuid.uuid4().hex[:12]
         name = session_actor_name(session_id)
@@ -263,6 +318,8 @@ class ModelAPI:
                 name_prefix=name,
                 pace_batches=max(PACE_MIN_BATCHES, 4 * max_buffered_blocks),
                 videos=resolved.videos,
+                outputs=outputs,
+                job_id=session_id,
             )
         )
         return PredictionSession(actor, session_id, resolved.in_memory)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.outputs import EXPORT_FORMATS, UPLOAD_MODES
 from engine.settings import SETTINGS
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
@@ -30,7 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs", nargs="+", help="image and video files, directories, URLs, projects"
     )
     predict.add_argument("--visualize", action="store_true", help="also write drawn images")
+    predict.add_argument(
+        "--format",
+        default="jsonl",
+        choices=EXPORT_FORMATS,
+        help="how --out holds the predictions (default jsonl: predictions.jsonl)",
+    )
+    predict.add_argument(
+        "--upload", default=None, choices=UPLOAD_MODES, help="also upload to --to in this mode"
+    )
+    predict.add_argument("--to", default=None, help="connector to upload to: supervisely")
+    predict.add_argument(
+        "--upload-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="connector or upload option, e.g. project_name=cars, requests_per_second=5",
+    )
     _add_model_and_settings(predict)
+
+    upload = commands.add_parser("upload", help="resume an upload job from its journal")
+    upload.add_argument("--resume", required=True, metavar="JOB", help="the job id to resume")
+    upload.add_argument("--journal-dir", default=None, help="where journals are kept")
 
     track = commands.add_parser("track", help="detect and track objects through videos")
     track.add_argument("inputs", nargs="+", help="video files or directories of videos")
@@ -71,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _models()
         if args.command == "track":
             return _track(args)
+        if args.command == "upload":
+            return _resume_upload(args)
         return _predict(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"tessera: error: {exc}", file=sys.stderr)
@@ -123,23 +147,60 @@ def _predict(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = _deploy(args, options)
     inputs = args.inputs if len(args.inputs) > 1 else args.inputs[0]
-    results = model.predict(inputs, **options)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "predictions.jsonl", "w") as out:
-        for prediction in results:
-            out.write(json.dumps(prediction.to_dict()) + "\n")
+    outputs = {"out": args.out, "format": args.format}
+    if args.upload or args.to:
+        outputs.update(
+            upload=args.upload, to=args.to, upload_options=_key_values(args.upload_option)
+        )
+    results = model.predict(inputs, **outputs, **options)
     if args.visualize:
         _write_visualizations(results, args.out / "visualizations")
-    summary = {**results.summary(), "seconds": round(time.perf_counter() - started, 2)}
+    summary = {
+        **results.summary(),
+        "seconds": round(time.perf_counter() - started, 2),
+        "outputs": results.outputs,
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
         f"{summary['items']} image(s): {summary['predicted']} predicted, "
         f"{summary['failed']} failed, {summary['skipped']} non-image file(s) skipped; "
         f"{summary['objects']} object(s) found in {summary['seconds']} s -> {args.out}"
     )
+    for name, report in results.outputs.items():
+        print(f"  {name}: {json.dumps(report, default=str)}")
     for prediction in results.failed:
         print(f"  failed: {prediction.error}", file=sys.stderr)
-    return EXIT_ITEMS_FAILED if results.failed else EXIT_OK
+    return EXIT_ITEMS_FAILED if results.failed or _upload_lost(results.outputs) else EXIT_OK
+
+
+def _upload_lost(outputs: dict[str, Any]) -> bool:
+    """True when an upload left items undelivered (dead) or failed as a whole."""
+    return any(
+        name.startswith("upload:") and (report.get("dead") or report.get("error"))
+        for name, report in outputs.items()
+    )
+
+
+def _key_values(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values read as JSON when they parse)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--upload-option: expected KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _resume_upload(args: argparse.Namespace) -> int:
+    from connectors.runtime import UploadJob
+
+    summary = UploadJob.resume_from_journal(args.resume, root=args.journal_dir)
+    print(json.dumps(summary, default=str))
+    return EXIT_ITEMS_FAILED if summary.get("dead") else EXIT_OK
 
 
 def _track(args: argparse.Namespace) -> int:

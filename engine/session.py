@@ -22,6 +22,7 @@ import pyarrow as pa
 import ray
 
 from engine.models.base import ModelAdapter
+from engine.outputs import OutputSpec, open_sinks
 from engine.pipeline import plan_predictions
 from engine.prediction import Prediction
 from engine.settings import ModelInfo, PredictSettings
@@ -67,6 +68,9 @@ class SessionCore:
         pace_batches: Model batches per plan (see `_chunks`); None runs one plan over every
             item, for a consumer that reads as fast as it can.
         videos: Path -> probed `VideoInfo` of the videos that ``items`` hold segments of.
+        outputs: Uploads and exports that take each block of predictions as it finishes
+            (see `engine.outputs`); their summaries appear in `status` under "outputs".
+        job_id: Names the job's upload journal.
     """
 
     def __init__(
@@ -83,9 +87,17 @@ class SessionCore:
         name_prefix: str | None = None,
         pace_batches: int | None = None,
         videos: dict[str, Any] | None = None,
+        outputs: OutputSpec | None = None,
+        job_id: str | None = None,
     ) -> None:
         self.items_total = sum(item.num_rows for item in items)
         self._videos = videos or {}
+        self._output_spec = outputs if outputs is not None and not outputs.empty else None
+        self._job_id = job_id or "local"
+        self._sinks: list[Any] = []
+        self._outputs: dict[str, Any] = {}
+        self._in_memory = {item.index: item for item in items if item.in_memory}
+        self._sources = _sources_of(items)
         self._pace_batches = pace_batches
         self.model = model
         self.context = context or {}
@@ -113,7 +125,17 @@ class SessionCore:
                 )
                 with self._cond:
                     self.model = info
-            # 2) the plan, then its blocks into the bounded buffer as they finish
+            # 2) uploads and exports, ready before the first prediction
+            if self._output_spec is not None:
+                self._set_message("preparing the outputs")
+                self._sinks = open_sinks(
+                    self._output_spec,
+                    self._job_id,
+                    list(self.model.classes),
+                    self.model.task,
+                    self._sources,
+                )
+            # 3) the plan, then its blocks into the bounded buffer as they finish
             self._set_message("predicting")
             ray.data.DataContext.get_current().execution_options.preserve_order = self._ordered
             self._videos = {path: ray.put(info) for path, info in self._videos.items()}
@@ -131,8 +153,10 @@ class SessionCore:
                     if upcoming is None and offered * 2 >= rows:  # overlap the next plan
                         upcoming = self._start_plan(next(chunks, None))
                 current = upcoming if upcoming is not None else self._start_plan(next(chunks, None))
+            self._close_sinks()
             self._finish("done", "every prediction produced")
         except Exception as exc:
+            self._close_sinks()
             if self._stop.is_set():
                 return
             self._finish("error", f"the session failed: {root_cause(exc)}", traceback.format_exc())
@@ -173,6 +197,14 @@ class SessionCore:
 
     def _offer(self, ref: Any) -> None:
         table: pa.Table = ray.get(ref)
+        predictions = None
+        for sink in self._sinks:
+            if hasattr(sink, "write_block"):  # takes the block where it lives (Parquet)
+                sink.write_block(ref, table.num_rows)
+                continue
+            if predictions is None:
+                predictions = self._predictions(table)
+            sink.write(predictions)
         failed = [
             {"name": name, "error": error}
             for name, error in zip(
@@ -190,6 +222,32 @@ class SessionCore:
             self._done_rows += block.rows
             self._failed.extend(failed)
             self._cond.notify_all()
+
+    def _predictions(self, table: pa.Table) -> list[Prediction]:
+        """A block's rows as Predictions, with in-memory images attached (for exports)."""
+        predictions = []
+        for row in table.to_pylist():
+            prediction = Prediction.from_arrow(row, list(self.model.classes), self.model.task)
+            item = self._in_memory.get(prediction.index)
+            if item is not None and item.pixels is not None:
+                prediction.image = item.image_array()
+            predictions.append(prediction)
+        return predictions
+
+    def _close_sinks(self) -> None:
+        """Finish every output (uploads wait for their last batch) and keep the summaries."""
+        sinks, self._sinks = self._sinks, []
+        failures = []
+        for sink in sinks:
+            try:
+                summary = sink.close()
+            except Exception as exc:  # one output failing must not hide the others
+                summary = {"error": root_cause(exc)}
+                failures.append(f"{sink.name}: {root_cause(exc)}")
+            with self._cond:
+                self._outputs[sink.name] = summary
+        if failures:
+            raise RuntimeError("; ".join(failures))
 
     def _finish(self, state: str, message: str, error: str | None = None) -> None:
         with self._cond:
@@ -278,6 +336,7 @@ class SessionCore:
                 "error": self._error,
                 "failed": list(self._failed),
                 "context": dict(self.context),
+                "outputs": dict(self._outputs),
             }
         report["resources"] = self._resources(buffered)
         return report
@@ -308,6 +367,12 @@ class SessionCore:
                 "total": int(ray.cluster_resources().get("object_store_memory", 0)),
             },
         }
+
+
+def _sources_of(items: list[Item]) -> dict[str, Any]:
+    """Where the items came from, for an upload that mirrors its sources (``create``)."""
+    datasets = sorted({item.dataset for item in items if item.dataset})
+    return {"datasets": datasets, "sources": sorted({item.source for item in items})}
 
 
 class SessionActor(SessionCore):
