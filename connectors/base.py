@@ -60,6 +60,10 @@ class DeliveryError(Exception):
         self.retry_after = retry_after
         self.status = status
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep the attributes when the error crosses processes (raised in a Ray actor)
+        return (type(self), (str(self), self.retryable, self.retry_after, self.status))
+
 
 class UnsupportedModeError(ValueError):
     """A connector was asked for an upload mode it does not support."""
@@ -149,6 +153,14 @@ class Connector(abc.ABC):
                 f"{self.name} does not support upload={mode!r}; it supports: "
                 f"{', '.join(self.modes) or 'none'}"
             )
+
+    def validate(self) -> None:
+        """Check the connector can run (credentials, configuration) before a job starts.
+
+        Called in the caller's process when ``predict`` is given ``upload=``, so that a
+        missing token fails at once; the default checks nothing.
+        """
+        return None
 
     @abc.abstractmethod
     def prepare(self, plan: UploadPlan) -> None:

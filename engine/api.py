@@ -9,7 +9,7 @@ import re
 import sys
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from engine.session import (
 )
 from engine.settings import ModelInfo, PredictSettings, validate_settings
 from engine.sources.items import Item
-from engine.sources.resolve import resolve_input
+from engine.sources.resolve import ResolvedInput, resolve_input
 from engine.sources.video_items import expand_videos, renumber_in_memory
 from engine.tracking import VideoAnnotation
 from engine.worker import WorkerLayout, start_model_workers
@@ -129,7 +129,7 @@ class ModelAPI:
 
     def predict(
         self,
-        input: Any,  # noqa: A002
+        input: Any = None,  # noqa: A002
         upload: str | None = None,
         to: Any = None,
         upload_options: dict[str, Any] | None = None,
@@ -142,7 +142,12 @@ class ModelAPI:
         Args:
             input: An image or video path, a directory, an http(s) URL, a PIL image, a
                 numpy array (HWC RGB uint8; grayscale and RGBA are converted), a local
-                Supervisely project, or a list mixing these.
+                Supervisely project, or a list mixing these. Supervisely inputs go
+                beside it as keywords: ``project_id(s)``, ``dataset_id(s)``,
+                ``image_id(s)`` (downloaded in parallel by the decode tasks) and
+                ``video_id(s)`` (each video fetched once, then predicted with the frame
+                options); their Predictions keep the ids in ``url``
+                (``sly://images/<id>``, ``sly://videos/<id>``) and the dataset name.
             upload: Send the predictions to a platform as they come: "create",
                 "append", "replace" or "iou_merge" (what the connector supports).
             to: The connector: "supervisely" or a `connectors.base.Connector`.
@@ -166,9 +171,10 @@ class ModelAPI:
             >>> preds[0].boxes, preds[0].classes  # doctest: +SKIP
         """
         # 1) settings and outputs, once, at the boundary; 2) input -> items
+        platform = _pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
         outputs = output_spec(upload, to, upload_options, out, format)
-        job = self._resolve(input, settings)
+        job = self._resolve(input, settings, platform)
         # 3) a session in this process over the deployed workers, read to the end
         report: dict[str, Any] = {}
         predictions = list(self._stream(job, settings, "predict", outputs, report))
@@ -176,7 +182,7 @@ class ModelAPI:
 
     def track(
         self,
-        input: Any,  # noqa: A002
+        input: Any = None,  # noqa: A002
         tracker: Any = "bytetrack",
         reid_weights: str | Path | None = None,
         tracker_options: dict[str, Any] | None = None,
@@ -185,8 +191,9 @@ class ModelAPI:
         """Detect objects in videos with this model and track them (see `engine.track`)."""
         from engine.tracker_actors import track_videos
 
+        platform = _pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
-        job = self._resolve(input, settings)
+        job = self._resolve(input, settings, platform)
         not_videos = [
             item.name for item in job.items if item.source != "video" and item.error is None
         ]
@@ -229,6 +236,8 @@ class ModelAPI:
             videos=job.videos,
             outputs=outputs,
             job_id=job_id,
+            fetch=job.fetch,
+            sources=job.sources,
         )
         session = PredictionSession(core, "local", job.in_memory, remote=False)
         unit = "frame" if job.videos else "img"
@@ -241,7 +250,7 @@ class ModelAPI:
 
     def predict_detached(
         self,
-        input: Any,  # noqa: A002
+        input: Any = None,  # noqa: A002
         ordered: bool = True,
         max_buffered_blocks: int = DEFAULT_MAX_BUFFERED_BLOCKS,
         idle_timeout_s: float = 3600.0,
@@ -291,9 +300,10 @@ class ModelAPI:
             )
         if not isinstance(ordered, bool):
             raise ValueError(f"ordered must be True or False, got {ordered!r}")
+        platform = _pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
         outputs = output_spec(upload, to, upload_options, out, format)
-        resolved = self._resolve(input, settings)
+        resolved = self._resolve(input, settings, platform)
         session_id = uuid.uuid4().hex[:12]
         name = session_actor_name(session_id)
         actor = (
@@ -320,20 +330,41 @@ class ModelAPI:
                 videos=resolved.videos,
                 outputs=outputs,
                 job_id=session_id,
+                fetch=resolved.fetch,
+                sources=resolved.sources,
             )
         )
         return PredictionSession(actor, session_id, resolved.in_memory)
 
-    def _resolve(self, input: Any, settings: PredictSettings) -> _Job:  # noqa: A002
-        resolved = resolve_input(input, recursive=settings.recursive)
+    def _resolve(
+        self,
+        input: Any,  # noqa: A002
+        settings: PredictSettings,
+        platform: dict[str, list[int]] | None = None,
+    ) -> _Job:
+        if input is None and not platform:
+            raise ValueError(
+                "nothing to predict: pass input= (paths, URLs, images) or Supervisely ids "
+                f"({', '.join(PLATFORM_INPUTS)})"
+            )
+        resolved = (
+            resolve_input(input, recursive=settings.recursive)
+            if input is not None
+            else ResolvedInput()
+        )
         if resolved.skipped:
             logger.warning("skipped %d non-image file(s)", len(resolved.skipped))
+        fetch, sources = None, {}
+        if platform:
+            fetch, sources = _add_supervisely_items(resolved.items, platform)
         expanded = expand_videos(resolved.items, settings.frames)
         return _Job(
             expanded.items,
             resolved.skipped,
             renumber_in_memory(resolved.in_memory, expanded.renumbered),
             expanded.videos,
+            fetch,
+            sources,
         )
 
     def _context(self, resolved: _Job, settings: PredictSettings) -> dict[str, Any]:
@@ -379,11 +410,72 @@ class _Job:
     skipped: list[str]
     in_memory: dict[int, Any]
     videos: dict[str, Any]
+    fetch: Any = None
+    sources: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
         """Predictions the job produces: one per image and per selected video frame."""
         return sum(item.num_rows for item in self.items)
+
+
+#: Supervisely inputs that predict, predict_detached and track take besides ``input``.
+PLATFORM_INPUTS = (
+    "project_id",
+    "project_ids",
+    "dataset_id",
+    "dataset_ids",
+    "image_id",
+    "image_ids",
+    "video_id",
+    "video_ids",
+)
+
+
+def _pop_platform_inputs(options: dict[str, Any]) -> dict[str, list[int]]:
+    """Take the Supervisely id keywords out of ``options``, as lists of ints by plural key."""
+    found: dict[str, list[int]] = {}
+    for key in PLATFORM_INPUTS:
+        if key not in options:
+            continue
+        value = options.pop(key)
+        values = list(value) if isinstance(value, (list, tuple, set)) else [value]
+        for ident in values:
+            if isinstance(ident, bool) or not isinstance(ident, int) or ident < 0:
+                raise ValueError(f"{key} must be a Supervisely id (an int >= 0), got {ident!r}")
+        plural = key if key.endswith("s") else key + "s"
+        found.setdefault(plural, []).extend(int(i) for i in values)
+    return found
+
+
+def _add_supervisely_items(
+    items: list[Item], platform: dict[str, list[int]]
+) -> tuple[Any, dict[str, Any]]:
+    """List the Supervisely images and fetch the videos; append them as items."""
+    from connectors.supervisely import resolve_supervisely_inputs
+
+    inputs = resolve_supervisely_inputs(**platform)
+    for image in inputs.images:
+        items.append(
+            Item(
+                index=len(items),
+                source="supervisely",
+                name=image["name"],
+                url=image["url"],
+                dataset=image["dataset"],
+            )
+        )
+    for video in inputs.videos:
+        items.append(
+            Item(
+                index=len(items),
+                source="video",
+                name=video["name"],
+                path=video["path"],
+                url=video["url"],
+            )
+        )
+    return inputs.fetcher, inputs.sources
 
 
 def deploy(
@@ -489,8 +581,8 @@ def attach(session_id: str, address: str | None = None) -> PredictionSession:
 
 
 def track(
-    input: Any,  # noqa: A002
-    detector: ModelAPI,
+    input: Any = None,  # noqa: A002
+    detector: ModelAPI | None = None,
     tracker: Any = "bytetrack",
     reid_weights: str | Path | None = None,
     tracker_options: dict[str, Any] | None = None,
@@ -523,6 +615,8 @@ def track(
         >>> annotation.track_ids()                                      # doctest: +SKIP
         [1, 2, 3]
     """
+    if detector is None:
+        raise ValueError("track() needs detector=: a model from engine.deploy(...)")
     annotations = detector.track(
         input,
         tracker=tracker,

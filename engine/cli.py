@@ -196,9 +196,25 @@ def _key_values(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _resume_upload(args: argparse.Namespace) -> int:
-    from connectors.runtime import UploadJob
+    import ray
 
-    summary = UploadJob.resume_from_journal(args.resume, root=args.journal_dir)
+    from connectors import get_connector
+    from connectors.journal import Journal
+    from connectors.runtime import UploadJob
+    from engine.runtime import ensure_ray
+
+    with Journal.load(args.resume, args.journal_dir) as journal:
+        meta = journal.meta
+    started_here = not ray.is_initialized()
+    ensure_ray(None)
+    try:
+        connector = get_connector(meta["connector"])
+        connector.validate()
+        job = UploadJob.resume(args.resume, connector, root=args.journal_dir)
+        summary = job.finish()
+    finally:
+        if started_here:
+            ray.shutdown()
     print(json.dumps(summary, default=str))
     return EXIT_ITEMS_FAILED if summary.get("dead") else EXIT_OK
 

@@ -98,8 +98,9 @@ def output_spec(
         raise ValueError(f"unknown format {chosen!r}; valid formats: {', '.join(EXPORT_FORMATS)}")
     connector = None
     if upload is not None:
-        connector = _connector(to, options)
+        connector = _connector(to)
         connector.check_mode(upload)
+        connector.validate()
     return OutputSpec(
         upload=upload,
         to=connector,
@@ -112,12 +113,11 @@ def output_spec(
 _RUNTIME_OPTIONS = ("requests_per_second", "max_in_flight", "num_uploaders", "batch_size")
 
 
-def _connector(to: Any, options: dict[str, Any]) -> Any:
+def _connector(to: Any) -> Any:
     from connectors import get_connector
 
-    if isinstance(to, str):
-        own = {k: v for k, v in options.items() if k not in (*_RUNTIME_OPTIONS, "journal_dir")}
-        return get_connector(to, **own)
+    if isinstance(to, str):  # its options go to prepare() through the plan
+        return get_connector(to)
     return to
 
 
@@ -224,7 +224,9 @@ class _UploadSink:
             mode=str(spec.upload),
             class_names=list(class_names),
             task=task,
-            options={k: v for k, v in options.items() if k not in _RUNTIME_OPTIONS},
+            options={
+                k: v for k, v in options.items() if k not in (*_RUNTIME_OPTIONS, "journal_dir")
+            },
             sources=sources,
         )
         runtime = {k: options[k] for k in _RUNTIME_OPTIONS if k in options}

@@ -57,6 +57,7 @@ def plan_predictions(
     workers: list[Any],
     settings: PredictSettings,
     videos: dict[str, Any] | None = None,
+    fetch: Any = None,
 ) -> ray.data.Dataset:
     """Build the lazy Ray Data plan predicting ``items`` on ``workers``.
 
@@ -66,6 +67,7 @@ def plan_predictions(
         workers: Handles of deployed `ModelWorker` actors.
         settings: Validated settings.
         videos: Path -> `VideoInfo` (or an object reference to one) of each video.
+        fetch: Downloads platform images (``sly://`` URLs), e.g. a Supervisely fetcher.
 
     Returns:
         A Dataset whose rows follow `PREDICTION_SCHEMA`, one per image and one per
@@ -81,7 +83,12 @@ def plan_predictions(
         predict_batch,
         batch_size=None,  # a block is a batch
         batch_format="pyarrow",
-        fn_kwargs={"workers": workers, "settings": settings, "videos": videos or {}},
+        fn_kwargs={
+            "workers": workers,
+            "settings": settings,
+            "videos": videos or {},
+            "fetch": fetch,
+        },
         num_cpus=DECODE_TASK_CPUS,
     )
 
@@ -109,6 +116,7 @@ def predict_batch(
     workers: list[Any],
     settings: PredictSettings,
     videos: dict[str, Any] | None = None,
+    fetch: Any = None,
 ) -> pa.Table:
     """Decode one batch of items and predict it on a model worker (a Ray Data UDF)."""
     items = [Item.from_row(row) for row in batch.to_pylist()]
@@ -120,7 +128,7 @@ def predict_batch(
     for position, item in enumerate(items):
         try:
             images[position] = _band_source(item, settings) or decode_item(
-                item, settings.max_pixels, settings.url_timeout
+                item, settings.max_pixels, settings.url_timeout, fetch
             )
         except ImageLoadError as exc:
             errors[position] = str(exc)

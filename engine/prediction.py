@@ -145,6 +145,11 @@ class Prediction:
             from engine.sources.video import load_frame
 
             return load_frame(self.path, self.frame_index)
+        if self.url is not None and self.url.startswith("sly://"):
+            from connectors.supervisely import SuperviselyFetcher  # a platform image
+            from engine.sources.decode import decode_image_bytes
+
+            return decode_image_bytes(SuperviselyFetcher()(self.url), self.name)
         from engine.sources.decode import load_image
 
         if self.path is not None:

@@ -71,6 +71,8 @@ class SessionCore:
         outputs: Uploads and exports that take each block of predictions as it finishes
             (see `engine.outputs`); their summaries appear in `status` under "outputs".
         job_id: Names the job's upload journal.
+        fetch: Downloads platform images (``sly://`` URLs) in the decode tasks.
+        sources: Where the inputs came from (platform ids), for uploads.
     """
 
     def __init__(
@@ -89,6 +91,8 @@ class SessionCore:
         videos: dict[str, Any] | None = None,
         outputs: OutputSpec | None = None,
         job_id: str | None = None,
+        fetch: Any = None,
+        sources: dict[str, Any] | None = None,
     ) -> None:
         self.items_total = sum(item.num_rows for item in items)
         self._videos = videos or {}
@@ -97,7 +101,8 @@ class SessionCore:
         self._sinks: list[Any] = []
         self._outputs: dict[str, Any] = {}
         self._in_memory = {item.index: item for item in items if item.in_memory}
-        self._sources = _sources_of(items)
+        self._sources = {**_sources_of(items), **(sources or {})}
+        self._fetch = fetch
         self._pace_batches = pace_batches
         self.model = model
         self.context = context or {}
@@ -167,7 +172,7 @@ class SessionCore:
         """Start executing the plan of ``chunk``; return its block iterator and row count."""
         if chunk is None:
             return None
-        dataset = plan_predictions(chunk, self._workers, self._settings, self._videos)
+        dataset = plan_predictions(chunk, self._workers, self._settings, self._videos, self._fetch)
         return iter(dataset.iter_internal_ref_bundles()), sum(item.num_rows for item in chunk)
 
     def _chunks(self) -> Iterator[list[Item]]:

@@ -23,7 +23,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -59,7 +59,10 @@ class ImageLoadError(ValueError):
 
 # --------------------------------------------------------------------------- public API
 def decode_item(
-    item: Item, max_pixels: int = DEFAULT_MAX_PIXELS, url_timeout: float = 30.0
+    item: Item,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    url_timeout: float = 30.0,
+    fetch: Callable[[str], bytes] | None = None,
 ) -> np.ndarray:
     """Decode one item into an RGB image.
 
@@ -67,6 +70,8 @@ def decode_item(
         item: The item, as made by `resolve_input`.
         max_pixels: Refuse images with more than this many pixels (width * height).
         url_timeout: Seconds allowed for fetching a URL item (connect + whole body).
+        fetch: Downloads the bytes of a platform image that has no local path (its
+            ``url`` is e.g. ``sly://images/42``).
 
     Returns:
         A writable, C-contiguous (H, W, 3) uint8 RGB array.
@@ -83,6 +88,8 @@ def decode_item(
     """
     if item.error is not None:
         raise ImageLoadError(item.error)
+    if item.source == "supervisely" and item.path is None and item.url is not None:
+        return decode_image_bytes(_fetched(item, fetch), item.name, max_pixels)
     if item.source in ("file", "supervisely"):
         if item.path is None:
             raise ImageLoadError(f"{item.name}: {item.source} item has no path")
@@ -99,6 +106,15 @@ def decode_item(
         check_pixels(item.name, image.shape[1], image.shape[0], max_pixels)
         return image.copy()
     raise ImageLoadError(f"{item.name}: unknown item source {item.source!r}")
+
+
+def _fetched(item: Item, fetch: Callable[[str], bytes] | None) -> bytes:
+    if fetch is None:
+        raise ImageLoadError(f"{item.name}: no client to download {item.url}")
+    try:
+        return fetch(str(item.url))
+    except Exception as e:  # a failed download is this item's error, not the batch's
+        raise ImageLoadError(f"{item.name} ({item.url}): download failed: {e}") from e
 
 
 def load_image(
