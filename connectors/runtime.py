@@ -282,6 +282,13 @@ def _reason(error: BaseException, attempts: int) -> str:
 
 
 _RemoteLimiter = ray.remote(num_cpus=0, max_concurrency=1000)(RateLimiter)
+
+
+def new_rate_limiter(
+    requests_per_second: float | None = 10.0, max_in_flight: int | None = 4, burst: int = 1
+) -> Any:
+    """Start a `RateLimiter` actor and return its handle (wrap it in a `LimiterGate`)."""
+    return _RemoteLimiter.remote(requests_per_second, max_in_flight, burst)
 _RemoteUploader = ray.remote(num_cpus=0)(Uploader)
 
 

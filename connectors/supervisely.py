@@ -1241,6 +1241,34 @@ class SuperviselyFetcher:
     def __init__(self, client: SuperviselyClient | None = None) -> None:
         self.client = client if client is not None else SuperviselyClient()
 
+    def open(
+        self, requests_per_second: float | None = 10.0, max_in_flight: int | None = 8
+    ) -> SuperviselyFetcher:
+        """A copy whose downloads share a new rate limiter (a Ray actor); see `close`.
+
+        Args:
+            requests_per_second: Download requests started per second, across every
+                decode task of the job.
+            max_in_flight: Downloads running at once.
+        """
+        from connectors.runtime import LimiterGate, new_rate_limiter
+
+        limiter = new_rate_limiter(requests_per_second, max_in_flight)
+        client = copy.copy(self.client)
+        client.gate = LimiterGate(limiter)
+        opened = SuperviselyFetcher(client)
+        opened._limiter = limiter
+        return opened
+
+    def close(self) -> None:
+        """Stop the rate limiter that `open` started, if any."""
+        limiter = getattr(self, "_limiter", None)
+        if limiter is not None:
+            import ray
+
+            ray.kill(limiter)
+            self._limiter = None
+
     def __call__(self, url: str) -> bytes:
         """Return the encoded image a ``sly://images/<id>`` URL names."""
         parsed = parse_sly_url(url)

@@ -28,8 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="predict over images and videos")
     predict.add_argument(
-        "inputs", nargs="+", help="image and video files, directories, URLs, projects"
+        "inputs", nargs="*", help="image and video files, directories, URLs, projects"
     )
+    for kind in ("project", "dataset", "image", "video"):
+        predict.add_argument(
+            f"--{kind}-id",
+            dest=f"{kind}_ids",
+            type=int,
+            action="append",
+            default=[],
+            help=f"a Supervisely {kind} to predict (repeatable)",
+        )
     predict.add_argument("--visualize", action="store_true", help="also write drawn images")
     predict.add_argument(
         "--format",
@@ -146,7 +155,10 @@ def _predict(args: argparse.Namespace) -> int:
     options = _predict_options(args)
     started = time.perf_counter()
     model = _deploy(args, options)
-    inputs = args.inputs if len(args.inputs) > 1 else args.inputs[0]
+    inputs = (args.inputs if len(args.inputs) > 1 else args.inputs[0]) if args.inputs else None
+    for kind in ("project", "dataset", "image", "video"):
+        if getattr(args, f"{kind}_ids"):
+            options[f"{kind}_ids"] = getattr(args, f"{kind}_ids")
     outputs = {"out": args.out, "format": args.format}
     if args.upload or args.to:
         outputs.update(

@@ -32,6 +32,10 @@ from engine.worker import WorkerLayout, root_cause, start_model_workers
 NAMESPACE = "tessera"
 DEFAULT_MAX_BUFFERED_BLOCKS = 8
 
+#: Platform image downloads of one job: requests started per second, and at once.
+DEFAULT_DOWNLOAD_RPS = 10.0
+DEFAULT_DOWNLOAD_IN_FLIGHT = 8
+
 
 def session_actor_name(session_id: str) -> str:
     """Return the Ray actor name of a detached session."""
@@ -130,7 +134,14 @@ class SessionCore:
                 )
                 with self._cond:
                     self.model = info
-            # 2) uploads and exports, ready before the first prediction
+            # 2) platform downloads share one rate limiter; uploads and exports are ready
+            #    before the first prediction
+            if hasattr(self._fetch, "open"):
+                limits = self._output_spec.upload_options if self._output_spec else {}
+                self._fetch = self._fetch.open(
+                    limits.get("requests_per_second", DEFAULT_DOWNLOAD_RPS),
+                    limits.get("max_in_flight", DEFAULT_DOWNLOAD_IN_FLIGHT),
+                )
             if self._output_spec is not None:
                 self._set_message("preparing the outputs")
                 self._sinks = open_sinks(
@@ -167,6 +178,8 @@ class SessionCore:
             self._finish("error", f"the session failed: {root_cause(exc)}", traceback.format_exc())
         finally:
             self._release_workers()
+            if hasattr(self._fetch, "close"):
+                self._fetch.close()
 
     def _start_plan(self, chunk: list[Item] | None) -> tuple[Iterator[Any], int] | None:
         """Start executing the plan of ``chunk``; return its block iterator and row count."""

@@ -107,6 +107,7 @@ class SuperviselyStandin:
         self.fault_rates: dict[str, float] = {}
         self.fault_methods: set[str] | None = None  # random faults only for these methods
         self.echo_key = False  # error messages quote the x-api-key received (a leaky server)
+        self.reject_images: set[int] = set()  # annotations for these images get 400
         self.records: list[Record] = []
         self._rng = random.Random(seed)
         self._scheduled: deque[tuple[str | None, str]] = deque()
@@ -554,6 +555,8 @@ class SuperviselyStandin:
             raise ApiError(400, f"at most {self.max_bulk} annotations per call, got {len(items)}")
         for item in items:  # all or nothing
             image = self._get(self.images, item.get("imageId"), "image")
+            if image["id"] in self.reject_images:
+                raise ApiError(400, f"image {image['id']}: annotation refused")
             if image["datasetId"] != dataset["id"]:
                 raise ApiError(400, f"image {image['id']} is not in dataset {dataset['id']}")
             self._check_annotation(dataset["projectId"], item.get("annotation"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 
 import numpy as np
@@ -13,6 +14,7 @@ from sly_standin import SuperviselyStandin
 from videos import write_video
 
 from engine.annotation import supervisely_to_detections
+from engine.cli import main
 from engine.models.reference import COLORS
 
 CLASSES = list(COLORS)
@@ -136,3 +138,36 @@ def test_bad_ids_and_missing_credentials_are_clear_errors(reference_model, serve
         reference_model.predict(project_id=1)
     with pytest.raises(ValueError, match="API_TOKEN"):
         reference_model.predict("x.png", upload="append", to="supervisely")
+
+
+def test_cli_uploads_and_resumes_what_was_not_delivered(ray_session, server, tmp_path, capsys):
+    _, project, truth = seed(server, (5,))
+    refused = sorted(truth)[:2]
+    server.reject_images = set(refused)  # the server refuses these two, for now
+    journals = tmp_path / "journals"
+    code = main(
+        [
+            "predict", "--project-id", str(project), "--model", "reference/color-boxes",
+            "--out", str(tmp_path / "out"), "--upload", "append", "--to", "supervisely",
+            "--upload-option", "requests_per_second=100", "--upload-option",
+            f"journal_dir={json.dumps(str(journals))}", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 1  # two items went to the dead letter
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    report = summary["outputs"]["upload:supervisely"]
+    assert (report["delivered"], report["dead"]) == (3, 2)
+    job_id = report["job_id"]
+    dead = [json.loads(line) for line in (journals / job_id / "dead_letter.jsonl").open()]
+    assert sorted(int(d["key"].split(":")[1]) for d in dead) == refused
+    assert all("refused" in d["reason"] and d["payload"] for d in dead)
+    assert all(not server.annotations.get(i, {}).get("objects") for i in refused)
+
+    server.reject_images = set()
+    capsys.readouterr()
+    code = main(["upload", "--resume", job_id, "--journal-dir", str(journals)])
+    assert code == 0
+    resumed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (resumed["delivered"], resumed["dead"]) == (2, 0)
+    for image_id, boxes in truth.items():  # every image holds its objects exactly once
+        assert len(server.objects(image_id)) == len(boxes)
