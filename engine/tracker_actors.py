@@ -161,7 +161,7 @@ def track_videos(
                 results[key],
                 fps=info.fps,
                 num_frames=info.num_frames,
-                name=Path(key).name,
+                name=results[key][0].name if results[key] else Path(key).name,
                 path=key,
             )
         )

@@ -13,6 +13,7 @@ from scenes import boxes_array, draw_scene, random_boxes, sort_xyxy
 from sly_standin import SuperviselyStandin
 from videos import write_video
 
+import engine
 from engine.annotation import supervisely_to_detections
 from engine.cli import main
 from engine.models.reference import COLORS
@@ -125,6 +126,9 @@ def test_a_platform_video_is_fetched_once_and_predicted_by_frame(reference_model
     assert {p.url for p in predictions} == {f"sly://videos/{video}"}
     assert all(len(p) == 3 for p in predictions)
     assert server.count("videos.download") == 1
+    (tracked,) = engine.track(video_id=video, detector=reference_model, progress=False)
+    assert tracked.name == "clip.mp4" and len(tracked.track_ids()) == 3
+    assert [p.frame_index for p in tracked.frames] == list(range(40))
 
 
 def test_bad_ids_and_missing_credentials_are_clear_errors(reference_model, server, monkeypatch):
