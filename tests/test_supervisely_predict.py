@@ -119,7 +119,14 @@ def test_create_mirrors_the_source_datasets(reference_model, server):
 def test_a_platform_video_is_fetched_once_and_predicted_by_frame(reference_model, server, tmp_path):
     workspace, project, _ = seed(server, (1,))
     dataset = server.datasets_of(project)[0]["id"]
-    write_video(tmp_path / "clip.mp4", 40, (160, 120), 30, gop=10)
+    def slow_paths(i: int, width: int, height: int) -> list:
+        return [
+            ("red", 5 + i, 10, 25 + i, 30),
+            ("green", 5 + i, 50, 25 + i, 70),
+            ("blue", 100 - i, 85, 120 - i, 105),
+        ]
+
+    write_video(tmp_path / "clip.mp4", 40, (160, 120), 30, gop=10, boxes_at=slow_paths)
     video = server.add_video(dataset, "clip.mp4", (tmp_path / "clip.mp4").read_bytes())
     predictions = reference_model.predict(video_id=video, stride=5, progress=False)
     assert [p.frame_index for p in predictions] == list(range(0, 40, 5))
