@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from engine._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from engine.api import ModelAPI, PredictionResults, attach, deploy, track
+    from engine.api import ModelAPI, PredictionResults, attach, connect, deploy, track
     from engine.detections import Detections
     from engine.models.base import ModelAdapter
     from engine.models.checkpoint import save_checkpoint
@@ -34,6 +34,7 @@ _EXPORTS = {
     "PredictionSession": "engine.session",
     "SessionError": "engine.session",
     "attach": "engine.api",
+    "connect": "engine.api",
     "deploy": "engine.api",
     "list_models": "engine.models.zoo",
     "save_checkpoint": "engine.models.checkpoint",
@@ -43,6 +44,7 @@ _EXPORTS = {
 
 __all__ = [
     "attach",
+    "connect",
     "Detections",
     "ModelAPI",
     "ModelAdapter",

@@ -627,3 +627,23 @@ def track(
     if isinstance(input, (str, os.PathLike)) and not Path(input).is_dir() and annotations:
         return annotations[0]
     return annotations
+
+
+def connect(url: str, token: str | None = None, **options: Any) -> Any:
+    """Connect to a running Tessera server (``tessera serve``); see `serve.client.connect`.
+
+    Args:
+        url: The server's base URL, e.g. ``http://127.0.0.1:8000``.
+        token: Its bearer token, when it requires one.
+        **options: ``timeout`` (seconds per answer), ``max_concurrency``.
+
+    Returns:
+        A `serve.client.RemoteModel`: ``predict``, ``predict_detached``, ``classes``,
+        ``task``, with the same Prediction objects as a deployed model.
+
+    Example:
+        >>> model = engine.connect("http://127.0.0.1:8000", token="secret")  # doctest: +SKIP
+    """
+    from serve.client import connect as connect_http  # serve is reached only here
+
+    return connect_http(url, token, **options)
