@@ -1,4 +1,4 @@
-"""The `tessera` command line: `tessera models`, `tessera predict`, `tessera track`."""
+"""The `tessera` command line: models, predict, track, upload --resume, serve."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.outputs import EXPORT_FORMATS, UPLOAD_MODES
 from engine.settings import SETTINGS
+from serve.cli import add_serve_command, run_serve
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -63,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--resume", required=True, metavar="JOB", help="the job id to resume")
     upload.add_argument("--journal-dir", default=None, help="where journals are kept")
 
+    add_serve_command(commands)
+
     track = commands.add_parser("track", help="detect and track objects through videos")
     track.add_argument("inputs", nargs="+", help="video files or directories of videos")
     track.add_argument(
@@ -98,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     try:
+        if args.command == "serve":
+            return run_serve(args)
         if args.command == "models":
             return _models()
         if args.command == "track":

@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import requests
 from PIL import Image
 
@@ -27,8 +26,9 @@ from engine.detections import Detections
 from engine.prediction import Prediction
 from engine.sources.items import Item
 from engine.sources.resolve import resolve_input
+from serve.schema import prediction_from_json
 
-__all__ = ["RemoteModel", "RemoteSession", "connect"]
+__all__ = ["RemoteError", "RemoteModel", "RemoteSession", "connect"]
 
 
 class RemoteError(RuntimeError):
@@ -237,38 +237,6 @@ class RemoteSession:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def prediction_from_json(row: dict[str, Any], class_names: list[str], task: str) -> Prediction:
-    """Rebuild a `Prediction` from one element of the server's ``predictions`` list."""
-    boxes = np.asarray(row.get("boxes") or [], np.float32).reshape(-1, 4)
-    masks = row.get("masks")
-    keypoints = row.get("keypoints")
-    detections = Detections(
-        boxes,
-        np.asarray(row.get("scores") or [], np.float32),
-        np.asarray(row.get("class_idxs") or [], np.int64),
-        masks_rle=None
-        if masks is None
-        else [{"size": list(m["size"]), "counts": m["counts"].encode()} for m in masks],
-        keypoints=None
-        if keypoints is None
-        else np.asarray(keypoints, np.float32).reshape(len(boxes), -1, 3),
-    )
-    return Prediction(
-        detections,
-        list(class_names),
-        source=row.get("source") or "array",
-        name=row.get("name") or "",
-        path=row.get("path"),
-        url=row.get("url"),
-        frame_index=row.get("frame_index"),
-        timestamp=row.get("timestamp"),
-        height=int(row.get("height") or 0),
-        width=int(row.get("width") or 0),
-        error=row.get("error"),
-        task=task,
-    )
 
 
 def _origin(prediction: Prediction, item: Item) -> Prediction:
