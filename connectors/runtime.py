@@ -289,6 +289,8 @@ def new_rate_limiter(
 ) -> Any:
     """Start a `RateLimiter` actor and return its handle (wrap it in a `LimiterGate`)."""
     return _RemoteLimiter.remote(requests_per_second, max_in_flight, burst)
+
+
 _RemoteUploader = ray.remote(num_cpus=0)(Uploader)
 
 

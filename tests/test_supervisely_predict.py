@@ -119,6 +119,7 @@ def test_create_mirrors_the_source_datasets(reference_model, server):
 def test_a_platform_video_is_fetched_once_and_predicted_by_frame(reference_model, server, tmp_path):
     workspace, project, _ = seed(server, (1,))
     dataset = server.datasets_of(project)[0]["id"]
+
     def slow_paths(i: int, width: int, height: int) -> list:
         return [
             ("red", 5 + i, 10, 25 + i, 30),
