@@ -26,6 +26,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/tiling.py
 	$(PY) benchmarks/large_image.py
 	$(PY) benchmarks/video.py
+	$(PY) benchmarks/upload.py
+	$(PY) benchmarks/serve_load.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
