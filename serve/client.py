@@ -1,5 +1,9 @@
 """`engine.connect`: the same `predict` API as `engine.deploy`, over a running Tessera server.
 
+``connect("tessera")`` (an application's name, from inside the Ray cluster) calls the
+application's `Predictor` deployment through a Serve DeploymentHandle: images are
+decoded here and each is one handle call, which Serve batches with the others.
+
 ``connect("http://host:8000", token=...)`` speaks the server's HTTP API (serve/app.py):
 each image goes to ``POST /predict`` (several at once, so the server batches them), a
 video or a detached job goes through ``/sessions``. Inputs are resolved here exactly as
@@ -28,7 +32,7 @@ from engine.sources.items import Item
 from engine.sources.resolve import resolve_input
 from serve.schema import prediction_from_json
 
-__all__ = ["RemoteError", "RemoteModel", "RemoteSession", "connect"]
+__all__ = ["HandleModel", "HandleSession", "RemoteError", "RemoteModel", "RemoteSession", "connect"]
 
 
 class RemoteError(RuntimeError):
@@ -40,17 +44,18 @@ def connect(
     token: str | None = None,
     timeout: float = 120.0,
     max_concurrency: int = 8,
-) -> RemoteModel:
+) -> RemoteModel | HandleModel:
     """Connect to a Tessera server and return a model with `predict` and `predict_detached`.
 
     Args:
-        url: The server's base URL (``http://127.0.0.1:8000``).
+        url: The server's base URL (``http://127.0.0.1:8000``), or the name of a Serve
+            application on the Ray cluster this process is connected to (``"tessera"``).
         token: The bearer token, when the server requires one.
         timeout: Seconds to wait for one answer.
         max_concurrency: Requests in flight at once (the server batches them).
 
     Returns:
-        A `RemoteModel`.
+        A `RemoteModel` (HTTP) or a `HandleModel` (DeploymentHandle).
 
     Raises:
         RemoteError: The server cannot be reached, or refuses the token.
@@ -59,6 +64,8 @@ def connect(
         >>> model = engine.connect("http://127.0.0.1:8000", token="secret")  # doctest: +SKIP
         >>> model.predict("street.jpg")[0].boxes                           # doctest: +SKIP
     """
+    if "://" not in url:
+        return HandleModel(url, timeout)
     return RemoteModel(url, token, timeout, max_concurrency)
 
 
@@ -254,3 +261,148 @@ def _encoded(item: Item) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(item.image_array()).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+class HandleModel:
+    """A served model called through its `Predictor` DeploymentHandle (inside the cluster).
+
+    Inputs are resolved and decoded in this process, settings validated here as
+    `ModelAPI.predict` validates them, and each image is one ``predict`` call on the
+    handle; Serve batches concurrent calls.
+
+    Args:
+        app_name: The Serve application's name (``tessera serve --name``).
+        timeout: Seconds to wait for one answer.
+    """
+
+    def __init__(self, app_name: str, timeout: float = 120.0) -> None:
+        from ray import serve
+
+        from engine.runtime import ensure_ray
+        from engine.settings import ModelInfo
+
+        ensure_ray(None)
+        try:
+            self._handle = serve.get_deployment_handle("Predictor", app_name=app_name)
+            info = self._handle.info.remote().result(timeout_s=timeout)
+        except Exception as e:
+            raise RemoteError(f"Serve application {app_name!r}: {type(e).__name__}: {e}") from None
+        self.app_name, self._timeout = app_name, timeout
+        self.info = ModelInfo(
+            info["name"], info["task"], list(info["classes"]), info["default_conf"],
+            tuple(info["input_size"]),
+        )  # fmt: skip
+
+    @property
+    def classes(self) -> list[str]:
+        """The model's class names."""
+        return list(self.info.classes)
+
+    @property
+    def task(self) -> str:
+        """The model's task."""
+        return self.info.task
+
+    def __repr__(self) -> str:
+        return f"HandleModel(app={self.app_name!r}, model={self.info.name!r})"
+
+    def predict(self, input: Any = None, **options: Any) -> PredictionResults:  # noqa: A002
+        """Predict over images, as `engine.api.ModelAPI.predict` (no videos here)."""
+        return PredictionResults(list(self._predict_iter(input, options)), [])
+
+    def predict_detached(self, input: Any = None, **options: Any) -> HandleSession:  # noqa: A002
+        """Predict in a background thread of this process; iterate the session for results."""
+        return HandleSession(self._predict_iter(input, options))
+
+    def _predict_iter(self, input: Any, options: dict[str, Any]) -> Iterator[Prediction]:  # noqa: A002
+        from engine.settings import validate_settings
+        from engine.sources.decode import ImageLoadError, decode_item
+
+        settings = validate_settings(dict(options), self.info)
+        resolved = resolve_input(input, recursive=settings.recursive)
+        videos = [item.name for item in resolved.items if item.source == "video"]
+        if videos:
+            raise ValueError(
+                f"videos go through the HTTP API's sessions, not a handle: {', '.join(videos)}"
+            )
+        items = resolved.items
+        for start in range(0, len(items), settings.batch_size):
+            chunk = items[start : start + settings.batch_size]
+            calls: list[tuple[Item, Any, str | None, tuple[int, ...]]] = []
+            for item in chunk:  # send the chunk at once, so Serve can batch it
+                try:
+                    image = decode_item(item, settings.max_pixels, settings.url_timeout)
+                    call = self._handle.predict.remote(image, settings)
+                    calls.append((item, call, None, image.shape[:2]))
+                except ImageLoadError as e:
+                    calls.append((item, None, str(e), (0, 0)))
+            for item, call, error, (height, width) in calls:
+                detections = Detections.empty()
+                if call is not None:
+                    result = call.result(timeout_s=self._timeout)
+                    error = result.error
+                    detections = result.detections or Detections.empty()
+                prediction = Prediction(
+                    detections, self.classes, error=error, index=item.index, task=self.task
+                )
+                prediction.height, prediction.width = int(height), int(width)
+                yield _origin(prediction, item)
+
+
+class HandleSession:
+    """Predictions of a `HandleModel` produced by a background thread, read in order."""
+
+    def __init__(self, predictions: Iterator[Prediction]) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=256)
+        self._stop = threading.Event()
+        self._done = 0
+        self._error: str | None = None
+        self._finished = False
+
+        def produce() -> None:
+            try:
+                for prediction in predictions:
+                    if self._stop.is_set():
+                        return
+                    self._queue.put(prediction)
+            except Exception as e:  # the session fails as a whole; the reader sees why
+                self._error = f"{type(e).__name__}: {e}"
+            finally:
+                self._queue.put(None)
+
+        self._thread = threading.Thread(target=produce, daemon=True, name="tessera-handle")
+        self._thread.start()
+
+    def __iter__(self) -> Iterator[Prediction]:
+        return self
+
+    def __next__(self) -> Prediction:
+        if self._finished:
+            raise StopIteration
+        prediction = self._queue.get()
+        if prediction is None:
+            self._finished = True
+            if self._error is not None:
+                raise RemoteError(self._error)
+            raise StopIteration
+        self._done += 1
+        return prediction
+
+    def progress(self) -> dict[str, int]:
+        """``{"done": predictions read so far}``."""
+        return {"done": self._done}
+
+    def stop(self) -> None:
+        """Stop producing; what is already queued can still be read."""
+        self._stop.set()
+
+    close = stop
+
+    def __enter__(self) -> HandleSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

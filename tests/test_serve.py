@@ -629,3 +629,25 @@ def test_connect_gives_the_same_predictions_as_a_deployed_model(server, expected
     assert len(detached) == 3
     for prediction, want in zip(detached, expected):
         np.testing.assert_allclose(prediction.boxes, want.boxes, atol=0.01)
+
+
+def test_connect_by_application_name_calls_the_deployment_handle(server, expected, tmp_path):
+    import engine
+    from serve.client import HandleModel, RemoteError
+
+    with pytest.raises(RemoteError, match="nowhere"):
+        engine.connect("nowhere")
+    local = engine.connect("tessera")
+    assert isinstance(local, HandleModel) and local.classes == expected[0].class_names
+    got = local.predict(IMAGES + [str(tmp_path / "gone.png")])
+    assert [p.index for p in got] == [0, 1, 2, 3]
+    for prediction, want in zip(got, expected):
+        np.testing.assert_array_equal(prediction.boxes, want.boxes)
+        np.testing.assert_array_equal(prediction.scores, want.scores)
+        assert (prediction.height, prediction.width) == (H, W)
+    assert got[3].error.startswith("file not found")
+    with pytest.raises(ValueError, match="conf"):
+        local.predict(IMAGES, conf=2.0)
+    with local.predict_detached(IMAGES, batch_size=2) as session:
+        streamed = list(session)
+    assert [len(p) for p in streamed] == [len(p) for p in expected]
