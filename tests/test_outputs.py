@@ -143,3 +143,24 @@ def test_cli_writes_the_chosen_format(ray_session, scenes, tmp_path):
     assert (tmp_path / "meta.json").exists() and (tmp_path / "ds0" / "ann").is_dir()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["outputs"]["export:sly"]["written"] == 5
+
+
+def test_a_connector_refuses_a_mode_it_does_not_support(reference_model, scenes):
+    from connectors.base import Connector, DeliveryResult
+
+    class AppendOnly(Connector):
+        name = "append-only"
+        modes = ("append",)
+
+        def prepare(self, plan):
+            raise AssertionError("never reached")
+
+        def item_key(self, prediction):
+            return prediction.name
+
+        def deliver(self, batch):
+            return DeliveryResult()
+
+    folder, _ = scenes
+    with pytest.raises(ValueError, match=r"append-only does not support upload='create'.*append"):
+        reference_model.predict(folder, upload="create", to=AppendOnly())

@@ -198,10 +198,15 @@ def one_id_per_object(annotation, truth) -> None:
         ("bytetrack", {}),
         ("bytetrack", {"stride": 3, "start_frame": 5}),
         ("ocsort", {"stride": 2}),
+        ("instance", {"stride": 2}),  # a boxmot tracker the user built
     ],
 )
 def test_tracking_keeps_one_id_per_object(reference_model, clips, tracker, options):
     folder, truth = clips
+    if tracker == "instance":
+        from engine.tracking import make_tracker
+
+        tracker = make_tracker("bytetrack", frame_rate=15)
     annotation = engine.track(
         folder / "a.mp4", detector=reference_model, tracker=tracker, progress=False, **options
     )
