@@ -283,8 +283,10 @@ def test_rate_and_in_flight_limits_hold_across_uploaders(ray_session, server, tm
     log = server_log(ray, server)
     starts = sorted(log["starts"])
     assert len(starts) == 1 + 2 * 16 == summary["requests"]  # prepare + exists/create each
-    busiest = max(sum(1 for t in starts[i:] if t < s + 1.0) for i, s in enumerate(starts))
-    assert busiest <= rps + 1  # token bucket, burst 1: at most rps + 1 in any 1 s window
+    # token bucket, burst 1: at most rps + 1 starts in any 1 s window; the server sees each
+    # start a few ms after the limiter granted it, so its windows allow 50 ms of transit jitter
+    busiest = max(sum(1 for t in starts[i:] if t < s + 0.95) for i, s in enumerate(starts))
+    assert busiest <= rps + 1
     assert log["peak_in_flight"] <= max_in_flight
     assert stats["peak_in_flight"] <= max_in_flight
     assert summary["delivered"] == 16
