@@ -178,6 +178,44 @@ class Connector(abc.ABC):
             DeliveryError: A request failed; the runtime retries retryable ones.
         """
 
+    def start_upload(
+        self,
+        job_id: str,
+        mode: str,
+        class_names: list[str],
+        task: str,
+        options: dict[str, Any],
+        sources: dict[str, Any],
+    ) -> Any:
+        """Prepare the destination and start the job's uploaders (`engine.plugins.Uploader`).
+
+        Args:
+            job_id: Names the job's journal (``tessera upload --resume JOB``).
+            mode: The upload mode, already checked.
+            class_names: The model's classes.
+            task: The model's task.
+            options: The connector's options and the runtime's (``requests_per_second``,
+                ``max_in_flight``, ``num_uploaders``, ``batch_size``, ``journal_dir``).
+            sources: What the inputs came from, for ``create``.
+
+        Returns:
+            The running `connectors.runtime.UploadJob`: ``write`` predictions, ``close``.
+        """
+        from connectors.runtime import RUNTIME_OPTIONS, UploadJob
+
+        plan = UploadPlan(
+            job_id=job_id,
+            mode=mode,
+            class_names=list(class_names),
+            task=task,
+            options={k: v for k, v in options.items() if k not in RUNTIME_OPTIONS},
+            sources=sources,
+        )
+        runtime = {k: options[k] for k in RUNTIME_OPTIONS if k in options and k != "journal_dir"}
+        if "journal_dir" in options:
+            runtime["root"] = options["journal_dir"]
+        return UploadJob.start(self, plan, **runtime)
+
     def close(self) -> None:
         """Release what the connector holds (sessions, files); called once per process."""
         return None

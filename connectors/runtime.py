@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 #: The retry policy used when none is given.
 DEFAULT_RETRY = RetryPolicy()
+#: ``upload_options`` keys that configure the runtime, not the connector.
+RUNTIME_OPTIONS = ("requests_per_second", "max_in_flight", "num_uploaders", "batch_size", "journal_dir")
 
 #: Reason prefix of predictions that were recorded dead because they carry an error.
 PREDICTION_FAILED = "prediction failed: "
@@ -486,6 +488,14 @@ class UploadJob:
                 self._send(self._take(self._batch_size))
         self._record()
         self._collect(timeout=0)
+
+    def write(self, predictions: Sequence[Prediction]) -> None:
+        """Take the next predictions of a streaming job (`engine.plugins.UploadSink`)."""
+        self.submit(predictions)
+
+    def close(self) -> dict[str, Any]:
+        """Wait for every delivery and return the summary (`engine.plugins.UploadSink`)."""
+        return self.finish()
 
     def finish(self, timeout: float | None = None) -> dict[str, Any]:
         """Send what is buffered, wait for every batch, then stop the actors.
