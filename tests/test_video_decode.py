@@ -21,7 +21,6 @@ from videos import (
     write_video,
 )
 
-from engine.sources import video as video_mod
 from engine.sources.video import (
     VIDEO_EXTENSIONS,
     DecodedFrame,
@@ -38,6 +37,7 @@ from engine.sources.video import (
     select_frames,
     validate_frame_options,
 )
+from engine.sources.video import decode as video_decode
 
 FPS = 30
 VFR_PTS = [0, 30, 50, 120, 130, 200, 260, 270, 400, 410, 415, 500, 533, 600, 700, 701, 760, 800]
@@ -344,13 +344,13 @@ def test_only_selected_frames_are_converted(videos, monkeypatch):
     path, _ = videos["h264.mp4"]
     info = probe_video(path)
     calls: list[int] = []
-    convert = video_mod._convert
+    convert = video_decode.frame_to_rgb
 
     def counting(frame, rotation):
         calls.append(frame.pts)
         return convert(frame, rotation)
 
-    monkeypatch.setattr(video_mod, "_convert", counting)
+    monkeypatch.setattr(video_decode, "frame_to_rgb", counting)
     selected = select_frames(info, stride=5, start_frame=3)
     decoded = _segmented(info, selected, 4)
     assert len(calls) == len(selected) == len(decoded)

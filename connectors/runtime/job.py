@@ -1,304 +1,53 @@
-"""The connector runtime: rate-limited uploader actors, retries, and the job's journal.
+"""The driver's side of an upload job: journal, batch and dispatch predictions, collect outcomes.
 
-An upload job runs like this::
+`UploadJob.start` checks the mode, opens the job's `Journal`, starts the `RateLimiter` and
+the `Uploader` actors; `submit` records each prediction as pending *before* sending it and
+hands full batches to the least busy uploader (at most ``max_batches_in_flight`` out at once,
+beyond which it waits); the driver journals every outcome, as the journal's only writer.
+Predictions carrying an ``error`` are never sent; they are recorded dead (`PREDICTION_FAILED`).
 
-    job = UploadJob.start(connector, plan, num_uploaders=4, requests_per_second=10)
-    for chunk in prediction_stream:
-        job.submit(chunk)           # journaled as pending, batched, sent to uploaders
-    summary = job.finish()          # waits, writes the journal and the dead letter
+Example:
+    >>> with UploadJob.start(connector, plan, num_uploaders=4) as job:   # doctest: +SKIP
+    ...     job.submit(predictions)
 
-- The driver calls ``connector.check_mode`` (nothing is sent for an unsupported mode), opens
-  the job's `Journal`, starts one `RateLimiter` actor, and calls ``connector.prepare`` with
-  the connector bound to a `LimiterGate`, so that even ``prepare``'s requests are limited.
-- ``num_uploaders`` uploader actors (``num_cpus=0``) each hold a copy of the prepared
-  connector bound to a `LimiterGate` on the same limiter: every HTTP request of the job,
-  from any process, waits for the shared rate and in-flight limits.
-- ``submit`` records each prediction as pending *before* sending it, batches predictions
-  and hands batches to the least busy uploader; at most ``max_batches_in_flight`` batches
-  are out at once, beyond which ``submit`` waits (backpressure on the producer).
-- An uploader delivers a batch with `call_with_retries`. A batch that still fails (a
-  non-retryable error, or retries spent) is split: each item is delivered alone, once
-  more (with the full retry policy after a non-retryable batch error, which isolates a
-  poison item; with a single attempt after spent retries, so that a server that is down
-  costs one more request per item, not another round of backoff). An item that fails
-  alone is dead, with the error as its reason.
-- The uploaders report outcomes to the driver, the journal's only writer. Predictions
-  carrying an ``error`` are never sent; they are recorded dead ("prediction failed: ...").
-- A re-run with the same ``job_id`` skips what the journal says was delivered;
-  `UploadJob.resume` re-sends the pending and dead items from their stored payloads.
-
-Connectors must make deliveries idempotent (check before create): a retry after a lost
-answer, or a resume after a crash mid-request, must not create duplicates.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
-import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import ray
 
-from connectors.base import Connector, DeliveryError, DeliveryResult, RequestGate, UploadPlan
-from connectors.journal import (
-    Journal,
-    job_dir,
-    prediction_from_payload,
-    prediction_payload,
-)
-from connectors.retry import RetryPolicy, call_with_retries
+from connectors.base import Connector, RequestGate, UploadPlan
+from connectors.journal import Journal, prediction_from_payload, prediction_payload
+from connectors.retry import RetryPolicy
+from connectors.runtime.limiter import LimiterGate, check_limits, new_rate_limiter
+from connectors.runtime.uploader import DEFAULT_RETRY, BatchOutcome, new_uploader
 from engine.prediction import Prediction
 
 logger = logging.getLogger(__name__)
 
-#: The retry policy used when none is given.
-DEFAULT_RETRY = RetryPolicy()
 #: ``upload_options`` keys that configure the runtime, not the connector.
-RUNTIME_OPTIONS = ("requests_per_second", "max_in_flight", "num_uploaders", "batch_size", "journal_dir")
+RUNTIME_OPTIONS = (
+    "requests_per_second",
+    "max_in_flight",
+    "num_uploaders",
+    "batch_size",
+    "journal_dir",
+)
 
 #: Reason prefix of predictions that were recorded dead because they carry an error.
 PREDICTION_FAILED = "prediction failed: "
 
 
-# ---------------------------------------------------------------------- rate limiting
-class RateLimiter:
-    """The request budget of one job, shared by all its processes (run as a Ray actor).
-
-    A request may start when both hold:
-
-    - **rate**: a token bucket refilled at ``requests_per_second`` holding at most
-      ``burst`` tokens (default 1); each request takes one. Hence in any window of ``T``
-      seconds at most ``burst + requests_per_second * T`` requests start (with burst 1:
-      at most ``rps + 1`` in any 1-second window).
-    - **in flight**: fewer than ``max_in_flight`` requests are running.
-
-    Waiters are served first come, first served (an `asyncio.Lock` queue): a request
-    first waits for an in-flight slot, then for a token. ``None`` switches a limit off.
-
-    Args:
-        requests_per_second: Sustained request starts per second, or None.
-        max_in_flight: Requests running at once, or None.
-        burst: Bucket size: requests that may start back to back after an idle spell.
-    """
-
-    def __init__(
-        self,
-        requests_per_second: float | None = 10.0,
-        max_in_flight: int | None = 4,
-        burst: int = 1,
-    ) -> None:
-        _check_limits(requests_per_second, max_in_flight, burst)
-        self._rate = requests_per_second
-        self._burst = float(burst)
-        self._max_in_flight = max_in_flight
-        self._tokens = float(burst)
-        self._stamp = time.monotonic()
-        self._in_flight = 0
-        self._turn: asyncio.Lock | None = None
-        self._freed: asyncio.Event | None = None
-        self._granted = 0
-        self._peak_in_flight = 0
-        self._waited_s = 0.0
-
-    async def acquire(self) -> None:
-        """Wait for a request slot and take it; pair with `release`."""
-        if self._turn is None:
-            self._turn, self._freed = asyncio.Lock(), asyncio.Event()
-        assert self._freed is not None
-        start = time.monotonic()
-        async with self._turn:
-            while self._max_in_flight is not None and self._in_flight >= self._max_in_flight:
-                self._freed.clear()
-                await self._freed.wait()
-            if self._rate is not None:
-                self._refill()
-                while self._tokens < 1.0:
-                    await asyncio.sleep((1.0 - self._tokens) / self._rate)
-                    self._refill()
-                self._tokens -= 1.0
-            self._in_flight += 1
-            self._granted += 1
-            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
-        self._waited_s += time.monotonic() - start
-
-    async def release(self) -> None:
-        """Give back a slot that `acquire` took."""
-        self._in_flight = max(self._in_flight - 1, 0)
-        if self._freed is not None:
-            self._freed.set()
-
-    async def stats(self) -> dict[str, float]:
-        """Requests granted, running now, the most ever running at once, seconds waited."""
-        return {
-            "granted": self._granted,
-            "in_flight": self._in_flight,
-            "peak_in_flight": self._peak_in_flight,
-            "waited_s": self._waited_s,
-        }
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        assert self._rate is not None
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-
-
-def _check_limits(requests_per_second: float | None, max_in_flight: int | None, burst: int) -> None:
-    if requests_per_second is not None and requests_per_second <= 0:
-        raise ValueError(f"requests_per_second must be > 0, got {requests_per_second}")
-    if max_in_flight is not None and max_in_flight < 1:
-        raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
-    if burst < 1:
-        raise ValueError(f"burst must be >= 1, got {burst}")
-
-
-class LimiterGate(RequestGate):
-    """A `RequestGate` backed by a `RateLimiter` actor; picklable, so it travels to actors.
-
-    ``with gate.request():`` costs one actor round trip to acquire; the release is sent
-    without waiting for an answer.
-
-    Args:
-        limiter: Handle of the job's `RateLimiter` actor.
-    """
-
-    def __init__(self, limiter: Any) -> None:
-        self._limiter = limiter
-        self._lock = threading.Lock()
-        self._requests = 0
-
-    @property
-    def requests(self) -> int:
-        """Requests this copy of the gate let through."""
-        return self._requests
-
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
-        """Hold one of the job's request slots while the block runs."""
-        ray.get(self._limiter.acquire.remote())
-        with self._lock:
-            self._requests += 1
-        try:
-            yield
-        finally:
-            self._limiter.release.remote()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"limiter": self._limiter}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["limiter"])
-
-
-# ---------------------------------------------------------------------- delivery
-@dataclasses.dataclass
-class BatchOutcome:
-    """What became of one batch: delivered keys, dead keys with reasons, attempts per key."""
-
-    delivered: list[str] = dataclasses.field(default_factory=list)
-    dead: dict[str, str] = dataclasses.field(default_factory=dict)
-    attempts: dict[str, int] = dataclasses.field(default_factory=dict)
-
-
-class Uploader:
-    """Deliver batches with one connector copy (runs as a ``num_cpus=0`` Ray actor).
-
-    Args:
-        connector: The prepared connector (a copy of the driver's).
-        gate: The gate its requests go through.
-        retry: Retry policy for each delivery.
-    """
-
-    def __init__(
-        self, connector: Connector, gate: RequestGate, retry: RetryPolicy = DEFAULT_RETRY
-    ) -> None:
-        self._connector = connector
-        self._connector.bind(gate)
-        self._retry = retry
-
-    def deliver(self, batch: Sequence[Prediction]) -> BatchOutcome:
-        """Deliver ``batch``; split it into single items when it fails as a whole."""
-        outcome = BatchOutcome(attempts={self._connector.item_key(p): 0 for p in batch})
-        try:
-            result = self._attempt(batch, self._retry, outcome)
-        except Exception as error:  # noqa: BLE001 - every failure is recorded, none lost
-            if len(batch) == 1:
-                key = next(iter(outcome.attempts))
-                outcome.dead[key] = _reason(error, outcome.attempts[key])
-                return outcome
-            spent = isinstance(error, DeliveryError) and error.retryable
-            policy = dataclasses.replace(self._retry, max_attempts=1) if spent else self._retry
-            logger.info("batch of %d failed (%s); delivering items alone", len(batch), error)
-            for prediction in batch:
-                key = self._connector.item_key(prediction)
-                try:
-                    single = self._attempt([prediction], policy, outcome)
-                except Exception as item_error:  # noqa: BLE001
-                    outcome.dead[key] = _reason(item_error, outcome.attempts[key])
-                else:
-                    self._settle([key], single, outcome)
-            return outcome
-        self._settle(list(outcome.attempts), result, outcome)
-        return outcome
-
-    def close(self) -> None:
-        """Close the connector copy."""
-        self._connector.close()
-
-    def _attempt(
-        self, batch: Sequence[Prediction], policy: RetryPolicy, outcome: BatchOutcome
-    ) -> DeliveryResult:
-        keys = [self._connector.item_key(p) for p in batch]
-
-        def once() -> DeliveryResult:
-            for key in keys:
-                outcome.attempts[key] += 1
-            return self._connector.deliver(batch)
-
-        return call_with_retries(once, policy)
-
-    @staticmethod
-    def _settle(keys: list[str], result: DeliveryResult, outcome: BatchOutcome) -> None:
-        delivered = set(result.delivered)
-        for key in keys:
-            if key in result.failed:
-                outcome.dead[key] = str(result.failed[key])
-            elif key in delivered:
-                outcome.delivered.append(key)
-            else:
-                outcome.dead[key] = "the connector reported no outcome for this item"
-
-
-def _reason(error: BaseException, attempts: int) -> str:
-    if isinstance(error, DeliveryError):
-        status = f"HTTP {error.status}: " if error.status is not None else ""
-        tail = f"gave up after {attempts} attempts" if error.retryable else "not retryable"
-        return f"{status}{error} ({tail})"
-    return f"{type(error).__name__}: {error}"
-
-
-_RemoteLimiter = ray.remote(num_cpus=0, max_concurrency=1000)(RateLimiter)
-
-
-def new_rate_limiter(
-    requests_per_second: float | None = 10.0, max_in_flight: int | None = 4, burst: int = 1
-) -> Any:
-    """Start a `RateLimiter` actor and return its handle (wrap it in a `LimiterGate`)."""
-    return _RemoteLimiter.remote(requests_per_second, max_in_flight, burst)
-
-
-_RemoteUploader = ray.remote(num_cpus=0)(Uploader)
-
-
-# ---------------------------------------------------------------------- the job
 class UploadJob:
-    """The driver's side of one upload job (see the module docstring).
+    """The driver's side of one upload job (see `connectors.runtime`).
 
     Create one with `UploadJob.start` or `UploadJob.resume`; feed it with `submit`; end
     it with `finish` (or `cancel`). Used as a context manager, it finishes on a normal
@@ -378,7 +127,7 @@ class UploadJob:
         connector.check_mode(plan.mode)
         if num_uploaders < 1 or batch_size < 1:
             raise ValueError("num_uploaders and batch_size must be >= 1")
-        _check_limits(requests_per_second, max_in_flight, burst)
+        check_limits(requests_per_second, max_in_flight, burst)
         from engine.runtime import ensure_ray
 
         journal = Journal.open(
@@ -392,13 +141,11 @@ class UploadJob:
         uploaders: list[Any] = []
         try:
             ensure_ray()
-            limiter = _RemoteLimiter.remote(requests_per_second, max_in_flight, burst)
+            limiter = new_rate_limiter(requests_per_second, max_in_flight, burst)
             gate = LimiterGate(limiter)
             connector.bind(gate)
             connector.prepare(plan)
-            uploaders = [
-                _RemoteUploader.remote(connector, gate, retry) for _ in range(num_uploaders)
-            ]
+            uploaders = [new_uploader(connector, gate, retry) for _ in range(num_uploaders)]
         except BaseException:
             connector.bind(RequestGate())
             _kill([a for a in (limiter, *uploaders) if a is not None])
@@ -660,14 +407,3 @@ def _kill(actors: Iterable[Any]) -> None:
     for actor in actors:
         with contextlib.suppress(Exception):
             ray.kill(actor)
-
-
-__all__ = [
-    "BatchOutcome",
-    "LimiterGate",
-    "PREDICTION_FAILED",
-    "RateLimiter",
-    "UploadJob",
-    "Uploader",
-    "job_dir",
-]
