@@ -1,4 +1,7 @@
-"""Tracking over boxmot: conversions, tracker factory, identity stability, exports."""
+"""Tracking over boxmot: conversions, tracker factory, identity stability, exports.
+
+The video formats of platforms are tested beside them (tests/test_supervisely_video.py).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-from engine.annotation import box_to_rectangle
+from engine import plugins
 from engine.detections import Detections
 from engine.models.reference import COLORS, ColorBoxDetector
 from engine.prediction import Prediction
@@ -300,80 +303,86 @@ def test_to_mot_lines():
     )
 
 
-def test_supervisely_two_frames():
+def test_tracked_frames_and_frames_count():
     video = two_frame_video()
-    assert (video.name, video.width, video.height, video.track_ids()) == (
-        "clip.mp4",
-        WIDTH,
-        HEIGHT,
-        [1, 3],
+    assert [i for i, _ in video.tracked_frames()] == [0, 1]
+    assert video.frames_count() == 5  # num_frames given
+    video.num_frames = 0
+    assert video.frames_count() == 2  # one past the last tracked frame
+    failed = dataclasses.replace(
+        video.frames[1], error="decode failed", detections=Detections.empty()
     )
-    ann = video.to_supervisely()
-    assert ann["size"] == {"height": HEIGHT, "width": WIDTH}
-    assert ann["framesCount"] == 5 and ann["tags"] == [] and ann["description"] == ""
-    assert [o["classTitle"] for o in ann["objects"]] == ["blue", "red"]  # ids 1, 3
-    track3 = ann["objects"][1]
-    # classes red, green -> tie: the class seen first wins
-    assert track3["tags"] == [
-        {"name": "confidence", "value": 0.9, "frameRange": [0, 0]},
-        {"name": "confidence", "value": 0.875, "frameRange": [1, 1]},
-    ]
-    assert [f["index"] for f in ann["frames"]] == [0, 1]
-    fig = ann["frames"][0]["figures"][0]
-    assert fig["objectKey"] == track3["key"] and fig["geometryType"] == "rectangle"
-    assert fig["geometry"] == {"points": {"exterior": [[10, 20], [49, 79]], "interior": []}}
-    assert ann["frames"][0]["figures"][1]["geometry"]["points"]["exterior"] == [
-        [100, 30],
-        [119, 45],
-    ]
-    assert json.loads(json.dumps(ann)) == ann
-    assert video.to_supervisely() == ann  # deterministic keys
+    video.frames = [video.frames[0], failed]
+    assert [i for i, _ in video.tracked_frames()] == [0]  # errors are left out
+    assert video.frames_count() == 1
 
 
-def test_majority_class():
-    frames = [
-        make_prediction(Detections([[0, 0, 5, 5]], [0.9], [c], track_ids=[0]), i)
-        for i, c in enumerate([2, 4, 4, 2, 4])
-    ]
-    ann = VideoAnnotation.from_predictions(frames).to_supervisely()
-    assert [o["classTitle"] for o in ann["objects"]] == [CLASSES[4]]
-    assert ann["framesCount"] == 5  # one past the last frame without num_frames
-    assert ann["objects"][0]["tags"] == [{"name": "confidence", "value": 0.9, "frameRange": [0, 4]}]
+class _CountFormat:
+    """A video format that keeps the track ids and the frame count (a stand-in plug-in)."""
+
+    def encode(self, annotation):
+        return {"ids": annotation.track_ids(), "frames": annotation.frames_count()}
+
+    def decode(self, data, class_names, **fields):
+        return VideoAnnotation(fields["name"], 0, 0, list(class_names), num_frames=data["frames"])
+
+    def file_name(self, annotation):
+        return f"{annotation.name}.count.json"
 
 
-def test_supervisely_of_tracked_video_and_round_trip(video_predictions, tmp_path):
-    frames = video_predictions[1::2]
-    tracked = list(track_predictions(frames, make_tracker("bytetrack", frame_rate=15)))
-    video = VideoAnnotation.from_predictions(tracked, fps=FPS, num_frames=NUM_FRAMES)
-    ann = video.to_supervisely()
-    assert ann["framesCount"] == NUM_FRAMES
-    assert len(ann["objects"]) == len(video.track_ids()) == len(OBJECTS)
-    assert [f["index"] for f in ann["frames"]] == [p.frame_index for p in tracked]
-    keys = {o["key"]: o["classTitle"] for o in ann["objects"]}
-    for frame, p in zip(ann["frames"], tracked, strict=True):
-        assert len(frame["figures"]) == len(p)
-        for fig, box, name in zip(frame["figures"], p.boxes, p.classes, strict=True):
-            assert keys[fig["objectKey"]] == name
-            left, top, right, bottom = box_to_rectangle(box, HEIGHT, WIDTH)
-            assert fig["geometry"]["points"]["exterior"] == [[left, top], [right, bottom]]
+@pytest.fixture
+def count_format(monkeypatch):
+    """`_CountFormat` installed as the only video format, "count", and the default."""
+    fmt = _CountFormat()
 
-    back = VideoAnnotation.from_supervisely(ann, CLASSES, name="clip.mp4", fps=FPS)
-    assert (back.width, back.height, back.num_frames) == (WIDTH, HEIGHT, NUM_FRAMES)
-    assert [p.frame_index for p in back.frames] == [p.frame_index for p in tracked]
-    mapping: dict[int, int] = {}
-    for a, b in zip(tracked, back.frames, strict=True):
-        np.testing.assert_array_equal(a.boxes, b.boxes)
-        np.testing.assert_array_equal(a.class_idxs, b.class_idxs)
-        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
-        for x, y in zip(a.track_ids, b.track_ids, strict=True):
-            assert mapping.setdefault(int(x), int(y)) == int(y)
-    assert len(set(mapping.values())) == len(mapping)  # same tracks, renumbered
-    assert back.to_mot().count("\n") == video.to_mot().count("\n")
+    def lookup(name=None):
+        if name in (None, "count"):
+            return fmt
+        raise plugins.PluginError(f"unknown video annotation format {name!r}")
 
+    monkeypatch.setattr(plugins, "video_annotation_format", lookup)
+    return fmt
+
+
+def test_video_formats_by_name(count_format):
+    video = two_frame_video()
+    assert video.to_format("count") == {"ids": [1, 3], "frames": 5}
+    assert video.to_format() == video.to_count() == {"ids": [1, 3], "frames": 5}
+    back = VideoAnnotation.from_format("count", {"frames": 7}, CLASSES, name="x.mp4")
+    assert (back.name, back.num_frames, back.class_names) == ("x.mp4", 7, CLASSES)
+    assert VideoAnnotation.from_count({"frames": 7}, CLASSES, name="x.mp4") == back
+    assert video.from_count({"frames": 7}, CLASSES, name="x.mp4") == back
+    assert not hasattr(video, "to_other") and not hasattr(VideoAnnotation, "from_other")
+    with pytest.raises(AttributeError, match="unknown video annotation format 'other'"):
+        video.to_other()
+    with pytest.raises(plugins.PluginError):
+        video.to_format("other")
+
+
+def test_save_writes_the_format_and_mot(count_format, tmp_path):
+    video = two_frame_video()
     paths = video.save(tmp_path / "out")
-    assert paths["annotation"].name == "clip.mp4.json" and paths["mot"].name == "clip.txt"
-    assert json.loads(paths["annotation"].read_text()) == ann
+    assert paths["annotation"].name == "clip.mp4.count.json" and paths["mot"].name == "clip.txt"
+    assert json.loads(paths["annotation"].read_text()) == {"ids": [1, 3], "frames": 5}
     assert paths["mot"].read_text() == video.to_mot()
+    assert video.save(tmp_path / "again", format="count")["annotation"].is_file()
+    with pytest.raises(plugins.PluginError):
+        video.save(tmp_path / "other", format="other")
+
+
+def test_tracked_video_saves_in_the_default_format(video_predictions, tmp_path):
+    tracked = list(track_predictions(video_predictions[1::2], make_tracker("bytetrack")))
+    video = VideoAnnotation.from_predictions(tracked, fps=FPS, num_frames=NUM_FRAMES)
+    assert len(video.track_ids()) == len(OBJECTS)
+    default = plugins.video_annotation_format()
+    paths = video.save(tmp_path)
+    assert paths["annotation"].name == default.file_name(video)
+    assert json.loads(paths["annotation"].read_text()) == video.to_format()
+    lines = paths["mot"].read_text().splitlines()
+    assert len(lines) == sum(len(p) for p in tracked)
+    assert {int(line.split(",")[0]) for line in lines} == {
+        p.frame_index + 1 for p in tracked if len(p)
+    }
 
 
 def test_untracked_frames_are_rejected_by_exports(video_predictions):

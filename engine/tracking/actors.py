@@ -17,7 +17,9 @@ import ray
 
 from engine.prediction import Prediction
 from engine.sources.video import VideoInfo, decode_frames_sequential
-from engine.tracking import VideoAnnotation, make_tracker, track_predictions
+from engine.tracking.adapter import make_tracker
+from engine.tracking.annotation import VideoAnnotation
+from engine.tracking.loop import track_predictions
 
 #: Frames sent to a tracker actor per call.
 FEED_FRAMES = 32
