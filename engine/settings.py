@@ -1,20 +1,22 @@
 """Prediction settings: defined once, validated once at the API boundary.
 
-`SETTINGS` describes every option `predict` accepts (its default, its check and its help
-text); the CLI builds its options from the same list. `validate_settings` turns the user's
-keywords into a frozen `PredictSettings` that inner code trusts without re-checking.
+A `PredictSettings` holds three frozen groups: `GeneralSettings`, `TilingSettings` and
+`VideoSettings`. Each of their fields is declared with `setting`, which states in one place
+its default, its check, its help text and how the CLI reads it. `SETTINGS` lists the
+user-facing options read from those fields, in the order the CLI shows them; the CLI and
+the server build their options from it. `validate_settings` turns the user's flat keywords
+into a `PredictSettings` that inner code trusts without re-checking.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
+from engine import plugins
 from engine.sources.decode import DEFAULT_MAX_PIXELS
-
-if TYPE_CHECKING:
-    from engine.sources.video_items import FrameOptions
+from engine.sources.video import validate_frame_options
 
 DEFAULT_BATCH_SIZE = 8
 
@@ -29,87 +31,60 @@ class ModelInfo:
     default_conf: float
     input_size: tuple[int, int]
 
+    @classmethod
+    def of(cls, adapter: Any) -> ModelInfo:
+        """Describe a `engine.models.base.ModelAdapter` (loaded or not).
 
-@dataclass(frozen=True)
-class PredictSettings:
-    """Validated settings of one `predict` call.
-
-    Attributes:
-        conf: Keep objects scoring at least this (the model's default when not given).
-        batch_size: Images per model forward pass.
-        img_size: (height, width) every image is resized to before the model; None keeps
-            the original size. Results always come back in original-image pixels.
-        class_idxs: Class indices to keep, or None for all.
-        recursive: Descend into subdirectories of directory inputs.
-        progress: Show a progress bar.
-        max_pixels: Refuse images with more pixels than this (decompression bombs).
-        url_timeout: Seconds to wait for a URL before giving up on it.
-        sliding_window: Predict each image in overlapping tiles and merge the results.
-        window_size: Tile (height, width); resolved to the model's input size when not
-            given. A window larger than the image shrinks to it.
-        overlap: Tile overlap: a float in [0, 1) is a fraction of the window, an int pixels.
-        merge: How tiles' objects are merged: "nms", "nmm", "greedy_nmm" or "none".
-        merge_metric: "iou" or "ios" (intersection over the smaller box).
-        merge_threshold: Overlap at which two objects are the same object.
-        class_agnostic: Merge objects across classes.
-        full_image: Also predict the whole image and merge it with the tiles.
-        stride: Predict every ``stride``-th frame of a video.
-        start_frame: First video frame to consider.
-        end_frame: Video frame to stop before (exclusive), or None.
-        num_frames: Most video frames to predict (after the stride), or None.
-        duration: Seconds of video to predict from ``start_frame``, or None.
-    """
-
-    conf: float
-    batch_size: int = DEFAULT_BATCH_SIZE
-    img_size: tuple[int, int] | None = None
-    class_idxs: tuple[int, ...] | None = None
-    recursive: bool = False
-    progress: bool = True
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    url_timeout: float = 30.0
-    sliding_window: bool = False
-    window_size: tuple[int, int] | None = None
-    overlap: float | int = 0.2
-    merge: str = "nms"
-    merge_metric: str = "iou"
-    merge_threshold: float = 0.5
-    class_agnostic: bool = False
-    full_image: bool = False
-    stride: int = 1
-    start_frame: int = 0
-    end_frame: int | None = None
-    num_frames: int | None = None
-    duration: float | None = None
-
-    @property
-    def frames(self) -> FrameOptions:
-        """The video frame selection these settings ask for."""
-        from engine.sources.video_items import FrameOptions
-
-        return FrameOptions(
-            self.stride, self.start_frame, self.end_frame, self.num_frames, self.duration
+        Example:
+            >>> from engine.models.reference import ColorBoxDetector
+            >>> ModelInfo.of(ColorBoxDetector()).input_size
+            (512, 512)
+        """
+        return cls(
+            name=str(adapter.name),
+            task=str(adapter.task),
+            classes=[str(c) for c in adapter.classes],
+            default_conf=float(adapter.default_conf),
+            input_size=(int(adapter.input_size[0]), int(adapter.input_size[1])),
         )
 
-    def describe(self, classes: Sequence[str]) -> dict[str, Any]:
-        """Return the settings as a JSON-friendly dict with class names instead of indices."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "class_idxs"}
-        out["classes"] = (
-            None if self.class_idxs is None else sorted({classes[i] for i in self.class_idxs})
+    def to_json(self) -> dict[str, Any]:
+        """Return the description as JSON values (`from_json` reads it back).
+
+        Example:
+            >>> ModelInfo("m", "detection", ["cat"], 0.5, (640, 480)).to_json()["input_size"]
+            [640, 480]
+        """
+        return {
+            "name": self.name,
+            "task": self.task,
+            "classes": list(self.classes),
+            "default_conf": self.default_conf,
+            "input_size": list(self.input_size),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ModelInfo:
+        """Read the description back from `to_json`'s dict; other keys are ignored.
+
+        Example:
+            >>> info = ModelInfo("m", "detection", ["cat"], 0.5, (640, 480))
+            >>> ModelInfo.from_json({**info.to_json(), "device": "cpu"}) == info
+            True
+        """
+        height, width = data["input_size"]
+        return cls(
+            name=str(data["name"]),
+            task=str(data["task"]),
+            classes=[str(c) for c in data["classes"]],
+            default_conf=float(data["default_conf"]),
+            input_size=(int(height), int(width)),
         )
-        return out
 
 
-@dataclass(frozen=True)
-class SettingSpec:
-    """One user-facing option: how to check it and how the CLI spells it."""
-
-    name: str
-    help: str
-    default: Any
-    check: Callable[[str, Any], Any]
-    cli_type: Callable[[str], Any] | None = None
-    cli_flag: bool = False
+# --------------------------------------------------------------------------- checks
+#: ``check(name, value)``: returns the checked value or raises ValueError naming ``name``.
+Check = Callable[[str, Any], Any]
 
 
 def _number(name: str, value: Any, low: float, high: float, integer: bool) -> Any:
@@ -159,8 +134,8 @@ def _check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def _check_any(name: str, value: Any) -> Any:
-    """Checked later, together (see `_check_frame_options`)."""
+def _checked_with_its_group(name: str, value: Any) -> Any:
+    """Checked later, with the other video fields (see `validate_frame_options`)."""
     return value
 
 
@@ -184,7 +159,7 @@ def _check_overlap(name: str, value: Any) -> float | int:
     return value
 
 
-def _choice(*choices: str) -> Callable[[str, Any], str]:
+def _choice(*choices: str) -> Check:
     def check(name: str, value: Any) -> str:
         if value not in choices:
             raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
@@ -214,107 +189,315 @@ def _parse_classes(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
-#: Every option of `predict`, in the order the CLI lists them.
-SETTINGS: tuple[SettingSpec, ...] = (
-    SettingSpec("conf", "minimum score to keep (default: the model's)", None, _check_conf, float),
-    SettingSpec(
-        "batch_size",
-        f"images per model batch (default {DEFAULT_BATCH_SIZE})",
+# --------------------------------------------------------------------------- fields
+_DECLARED = "tessera.setting"  # the metadata key of a field declared with `setting`
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """What `setting` records about a field besides its default."""
+
+    help: str
+    check: Check
+    cli_type: Callable[[str], Any] | None
+    cli_flag: bool
+    option: str | None
+
+
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str,
+    check: Check,
+    cli_type: Callable[[str], Any] | None = None,
+    cli_flag: bool = False,
+    option: str | None = None,
+) -> Any:
+    """Declare a settings field: its default, check, help and CLI reading in one place.
+
+    Args:
+        default: The value when the option is not given. Leave it out for a value resolved
+            from the model (``conf``); the option's default is then None.
+        help: Help text; `SETTINGS` adds " (default X)" for a default other than None or a
+            boolean.
+        check: Called as ``check(option, value)``; returns the checked value or raises
+            ValueError.
+        cli_type: Reads the CLI's (or a query string's) text into a value; None keeps the text.
+        cli_flag: The CLI spells the option as a flag that takes no value.
+        option: The keyword's name when it differs from the field's (``classes`` for the
+            ``class_idxs`` field).
+
+    Returns:
+        A `dataclasses.field` carrying the declaration in its metadata.
+
+    Example:
+        >>> @dataclass(frozen=True)
+        ... class Knobs:
+        ...     depth: int = setting(3, help="how deep", check=_check_batch_size, cli_type=int)
+        >>> [(spec.name, spec.help) for spec in _specs_of("knobs", Knobs)]
+        [('depth', 'how deep (default 3)')]
+    """
+    declared = _Declared(help, check, cli_type, cli_flag, option)
+    return field(default=default, metadata={_DECLARED: declared})
+
+
+@dataclass(frozen=True)
+class GeneralSettings:
+    """Settings of every prediction.
+
+    Attributes:
+        conf: Keep objects scoring at least this (the model's default when not given).
+        batch_size: Images per model forward pass.
+        img_size: (height, width) every image is resized to before the model; None keeps
+            the original size. Results always come back in original-image pixels.
+        class_idxs: Class indices to keep, or None for all (the ``classes`` option names
+            them).
+        recursive: Descend into subdirectories of directory inputs.
+        progress: Show a progress bar.
+        max_pixels: Refuse images with more pixels than this (decompression bombs).
+        url_timeout: Seconds to wait for a URL before giving up on it.
+    """
+
+    conf: float = setting(
+        help="minimum score to keep (default: the model's)", check=_check_conf, cli_type=float
+    )
+    batch_size: int = setting(
+        DEFAULT_BATCH_SIZE, help="images per model batch", check=_check_batch_size, cli_type=int
+    )
+    img_size: tuple[int, int] | None = setting(
         None,
-        _check_batch_size,
-        int,
-    ),
-    SettingSpec(
-        "img_size",
-        "resize to N (square) or H,W before the model; boxes stay in original pixels",
+        help="resize to N (square) or H,W before the model; boxes stay in original pixels",
+        check=_check_img_size,
+        cli_type=_parse_img_size,
+    )
+    class_idxs: tuple[int, ...] | None = setting(
         None,
-        _check_img_size,
-        _parse_img_size,
-    ),
-    SettingSpec(
-        "classes",
-        "keep only these class names (comma separated on the CLI)",
-        None,
-        _check_classes,
-        _parse_classes,
-    ),
-    SettingSpec("recursive", "descend into subdirectories", False, _check_bool, cli_flag=True),
-    SettingSpec("progress", "show a progress bar", True, _check_bool),
-    SettingSpec(
-        "max_pixels",
-        f"refuse images above this many pixels (default {DEFAULT_MAX_PIXELS})",
+        help="keep only these class names (comma separated on the CLI)",
+        check=_check_classes,
+        cli_type=_parse_classes,
+        option="classes",
+    )
+    recursive: bool = setting(
+        False, help="descend into subdirectories", check=_check_bool, cli_flag=True
+    )
+    progress: bool = setting(True, help="show a progress bar", check=_check_bool)
+    max_pixels: int = setting(
         DEFAULT_MAX_PIXELS,
-        _check_max_pixels,
-        int,
-    ),
-    SettingSpec(
-        "url_timeout", "seconds to wait for a URL (default 30)", 30.0, _check_timeout, float
-    ),
-    SettingSpec(
-        "sliding_window",
-        "predict in overlapping tiles and merge",
-        False,
-        _check_bool,
-        cli_flag=True,
-    ),
-    SettingSpec(
-        "window_size",
-        "tile size N or H,W (default: the model's input size)",
+        help="refuse images above this many pixels",
+        check=_check_max_pixels,
+        cli_type=int,
+    )
+    url_timeout: float = setting(
+        30.0, help="seconds to wait for a URL", check=_check_timeout, cli_type=float
+    )
+
+
+@dataclass(frozen=True)
+class TilingSettings:
+    """How large images are cut into tiles and the tiles' objects merged.
+
+    Attributes:
+        sliding_window: Predict each image in overlapping tiles and merge the results.
+        window_size: Tile (height, width); resolved to the model's input size when not
+            given. A window larger than the image shrinks to it.
+        overlap: Tile overlap: a float in [0, 1) is a fraction of the window, an int pixels.
+        merge: How tiles' objects are merged: "nms", "nmm", "greedy_nmm" or "none".
+        merge_metric: "iou" or "ios" (intersection over the smaller box).
+        merge_threshold: Overlap at which two objects are the same object.
+        class_agnostic: Merge objects across classes.
+        full_image: Also predict the whole image and merge it with the tiles.
+    """
+
+    sliding_window: bool = setting(
+        False, help="predict in overlapping tiles and merge", check=_check_bool, cli_flag=True
+    )
+    window_size: tuple[int, int] | None = setting(
         None,
-        _check_img_size,
-        _parse_img_size,
-    ),
-    SettingSpec(
-        "overlap",
-        "tile overlap: a fraction in [0, 1) or pixels (default 0.2)",
+        help="tile size N or H,W (default: the model's input size)",
+        check=_check_img_size,
+        cli_type=_parse_img_size,
+    )
+    overlap: float | int = setting(
         0.2,
-        _check_overlap,
-        _parse_overlap,
-    ),
-    SettingSpec(
-        "merge",
-        "merge tiles' objects: nms, nmm, greedy_nmm or none (default nms)",
+        help="tile overlap: a fraction in [0, 1) or pixels",
+        check=_check_overlap,
+        cli_type=_parse_overlap,
+    )
+    merge: str = setting(
         "nms",
-        _choice("nms", "nmm", "greedy_nmm", "none"),
-        str,
-    ),
-    SettingSpec(
-        "merge_metric",
-        "overlap measure: iou or ios (default iou)",
-        "iou",
-        _choice("iou", "ios"),
-        str,
-    ),
-    SettingSpec(
-        "merge_threshold",
-        "overlap at which objects merge (default 0.5)",
-        0.5,
-        _check_fraction,
-        float,
-    ),
-    SettingSpec("class_agnostic", "merge across classes", False, _check_bool, cli_flag=True),
-    SettingSpec(
-        "full_image",
-        "also predict the whole image and merge it in",
-        False,
-        _check_bool,
-        cli_flag=True,
-    ),
-    SettingSpec("stride", "videos: predict every N-th frame (default 1)", 1, _check_any, int),
-    SettingSpec("start_frame", "videos: first frame (default 0)", 0, _check_any, int),
-    SettingSpec("end_frame", "videos: stop before this frame (exclusive)", None, _check_any, int),
-    SettingSpec("num_frames", "videos: most frames to predict", None, _check_any, int),
-    SettingSpec("duration", "videos: seconds to predict from start_frame", None, _check_any, float),
+        help="merge tiles' objects: nms, nmm, greedy_nmm or none",
+        check=_choice("nms", "nmm", "greedy_nmm", "none"),
+        cli_type=str,
+    )
+    merge_metric: str = setting(
+        "iou", help="overlap measure: iou or ios", check=_choice("iou", "ios"), cli_type=str
+    )
+    merge_threshold: float = setting(
+        0.5, help="overlap at which objects merge", check=_check_fraction, cli_type=float
+    )
+    class_agnostic: bool = setting(
+        False, help="merge across classes", check=_check_bool, cli_flag=True
+    )
+    full_image: bool = setting(
+        False, help="also predict the whole image and merge it in", check=_check_bool, cli_flag=True
+    )
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """Which frames of each video to predict (see `engine.sources.video.select_frames`).
+
+    Attributes:
+        stride: Predict every ``stride``-th frame of a video.
+        start_frame: First video frame to consider.
+        end_frame: Video frame to stop before (exclusive), or None.
+        num_frames: Most video frames to predict (after the stride), or None.
+        duration: Seconds of video to predict from ``start_frame``, or None.
+    """
+
+    stride: int = setting(
+        1, help="videos: predict every N-th frame", check=_checked_with_its_group, cli_type=int
+    )
+    start_frame: int = setting(
+        0, help="videos: first frame", check=_checked_with_its_group, cli_type=int
+    )
+    end_frame: int | None = setting(
+        None,
+        help="videos: stop before this frame (exclusive)",
+        check=_checked_with_its_group,
+        cli_type=int,
+    )
+    num_frames: int | None = setting(
+        None, help="videos: most frames to predict", check=_checked_with_its_group, cli_type=int
+    )
+    duration: float | None = setting(
+        None,
+        help="videos: seconds to predict from start_frame",
+        check=_checked_with_its_group,
+        cli_type=float,
+    )
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """Validated settings of one `predict` call, in groups.
+
+    Attributes:
+        general: Confidence, batching, resizing, class filter, input handling.
+        tiling: Sliding-window prediction and merging.
+        video: Video frame selection.
+
+    Example:
+        >>> settings = PredictSettings(GeneralSettings(conf=0.3), video=VideoSettings(stride=2))
+        >>> settings.general.batch_size, settings.tiling.overlap, settings.video.stride
+        (8, 0.2, 2)
+    """
+
+    general: GeneralSettings
+    tiling: TilingSettings = field(default_factory=TilingSettings)
+    video: VideoSettings = field(default_factory=VideoSettings)
+
+    def describe(self, classes: Sequence[str]) -> dict[str, Any]:
+        """Return the settings as one flat JSON-friendly dict, with class names for indices.
+
+        Args:
+            classes: The model's class names.
+
+        Returns:
+            Every field of every group by name, ``class_idxs`` replaced by ``classes``.
+
+        Example:
+            >>> PredictSettings(GeneralSettings(conf=0.3, class_idxs=(1,))).describe(
+            ...     ["cat", "dog"])["classes"]
+            ['dog']
+        """
+        out: dict[str, Any] = {}
+        for group in fields(self):
+            values = getattr(self, group.name)
+            out.update((f.name, getattr(values, f.name)) for f in fields(values))
+        class_idxs = out.pop("class_idxs")
+        out["classes"] = None if class_idxs is None else sorted({classes[i] for i in class_idxs})
+        return out
+
+
+# --------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class SettingSpec:
+    """One user-facing option of `predict`, read from the settings field it fills.
+
+    Attributes:
+        name: The keyword (``classes``); the CLI flag is ``--`` + name with dashes.
+        group: The `PredictSettings` group holding the field: "general", "tiling", "video".
+        attribute: The field within that group (``class_idxs``).
+        help: Help text for the CLI and the API docs, ending with the default if shown.
+        default: The value when the keyword is not given; None where the model decides
+            (``conf``, ``window_size``) or where None is the value.
+        check: ``check(name, value)`` returns the checked value or raises ValueError.
+        cli_type: Reads the CLI's text into a value (None: the text itself).
+        cli_flag: The CLI spells it as a flag that takes no value.
+    """
+
+    name: str
+    group: str
+    attribute: str
+    help: str
+    default: Any
+    check: Check
+    cli_type: Callable[[str], Any] | None = None
+    cli_flag: bool = False
+
+
+def _help(text: str, default: Any) -> str:
+    """The help text, with the default unless it is None or a flag's (a boolean)."""
+    if default is None or isinstance(default, bool):
+        return text
+    shown = f"{default:g}" if isinstance(default, float) else str(default)
+    return f"{text} (default {shown})"
+
+
+def _specs_of(group: str, settings_type: type) -> tuple[SettingSpec, ...]:
+    """The options of a settings group, one per field, in field order."""
+    specs = []
+    for f in fields(settings_type):
+        declared: _Declared = f.metadata[_DECLARED]
+        default = None if f.default is MISSING else f.default
+        specs.append(
+            SettingSpec(
+                name=declared.option or f.name,
+                group=group,
+                attribute=f.name,
+                help=_help(declared.help, default),
+                default=default,
+                check=declared.check,
+                cli_type=declared.cli_type,
+                cli_flag=declared.cli_flag,
+            )
+        )
+    return tuple(specs)
+
+
+#: The groups of `PredictSettings`, by attribute name, in the order the CLI lists them.
+_GROUPS: dict[str, type] = {
+    "general": GeneralSettings,
+    "tiling": TilingSettings,
+    "video": VideoSettings,
+}
+
+#: Every option of `predict`, in the order the CLI lists them.
+SETTINGS: tuple[SettingSpec, ...] = tuple(
+    spec for group, settings_type in _GROUPS.items() for spec in _specs_of(group, settings_type)
 )
 
 _SPECS = {spec.name: spec for spec in SETTINGS}
 
 
+# --------------------------------------------------------------------------- validation
 def validate_settings(options: dict[str, Any], model: ModelInfo) -> PredictSettings:
     """Check the keywords of a `predict` call and resolve them against the model.
 
     Args:
-        options: The keywords the user passed (besides ``input``).
+        options: The keywords the user passed (besides ``input``), flat: ``conf``,
+            ``window_size``, ``stride``... (see `SETTINGS`).
         model: The deployed model's description.
 
     Returns:
@@ -327,60 +510,38 @@ def validate_settings(options: dict[str, Any], model: ModelInfo) -> PredictSetti
 
     Example:
         >>> info = ModelInfo("m", "detection", ["cat", "dog"], 0.5, (640, 640))
-        >>> validate_settings({"classes": ["dog"], "img_size": 320}, info).class_idxs
+        >>> validate_settings({"classes": ["dog"], "img_size": 320}, info).general.class_idxs
         (1,)
     """
     unknown = sorted(set(options) - set(_SPECS))
     if unknown:
+        inputs = ", ".join(sorted(plugins.input_keywords())) or "none installed"
         raise TypeError(
             f"predict() got unknown option(s) {', '.join(unknown)}; "
-            f"valid options are: {', '.join(_SPECS)}"
+            f"valid options are: {', '.join(_SPECS)}; platform inputs: {inputs}"
         )
+    # 1) each value on its own; 2) the values that depend on each other or on the model
     values = {
-        name: spec.check(name, options.get(name, spec.default)) for name, spec in _SPECS.items()
+        spec.attribute: spec.check(spec.name, options.get(spec.name, spec.default))
+        for spec in SETTINGS
     }
-    class_idxs = None
-    if values["classes"] is not None:
-        class_idxs = _class_indices(values["classes"], model.classes)
-    _check_frame_options(values)
-    window = values["window_size"] or tuple(model.input_size)
+    if values["class_idxs"] is not None:
+        values["class_idxs"] = _class_indices(values["class_idxs"], model.classes)
+    validate_frame_options(**{f.name: values[f.name] for f in fields(VideoSettings)})
+    values["window_size"] = values["window_size"] or tuple(model.input_size)
     if values["sliding_window"]:
-        _check_overlap_fits(values["overlap"], window)
-    return PredictSettings(
-        sliding_window=values["sliding_window"],
-        window_size=window,
-        overlap=values["overlap"],
-        merge=values["merge"],
-        merge_metric=values["merge_metric"],
-        merge_threshold=values["merge_threshold"],
-        class_agnostic=values["class_agnostic"],
-        full_image=values["full_image"],
-        conf=model.default_conf if values["conf"] is None else values["conf"],
-        batch_size=values["batch_size"] or DEFAULT_BATCH_SIZE,
-        img_size=values["img_size"],
-        class_idxs=class_idxs,
-        recursive=values["recursive"],
-        progress=values["progress"],
-        max_pixels=values["max_pixels"],
-        url_timeout=values["url_timeout"],
-        stride=values["stride"],
-        start_frame=values["start_frame"],
-        end_frame=values["end_frame"],
-        num_frames=values["num_frames"],
-        duration=None if values["duration"] is None else float(values["duration"]),
-    )
-
-
-def _check_frame_options(values: dict[str, Any]) -> None:
-    from engine.sources.video import validate_frame_options
-
-    validate_frame_options(
-        stride=values["stride"],
-        start_frame=values["start_frame"],
-        end_frame=values["end_frame"],
-        num_frames=values["num_frames"],
-        duration=values["duration"],
-    )
+        _check_overlap_fits(values["overlap"], values["window_size"])
+    if values["conf"] is None:
+        values["conf"] = model.default_conf
+    values["batch_size"] = values["batch_size"] or DEFAULT_BATCH_SIZE
+    if values["duration"] is not None:
+        values["duration"] = float(values["duration"])
+    # 3) the groups
+    groups = {
+        group: settings_type(**{f.name: values[f.name] for f in fields(settings_type)})
+        for group, settings_type in _GROUPS.items()
+    }
+    return PredictSettings(**groups)
 
 
 def _check_overlap_fits(overlap: float | int, window: tuple[int, int]) -> None:

@@ -10,7 +10,7 @@ images and frames.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,16 +26,8 @@ from engine.sources.video import (
     select_frames,
 )
 
-
-@dataclass(frozen=True)
-class FrameOptions:
-    """Which frames of each video to predict (see `engine.sources.video.select_frames`)."""
-
-    stride: int = 1
-    start_frame: int = 0
-    end_frame: int | None = None
-    num_frames: int | None = None
-    duration: float | None = None
+if TYPE_CHECKING:
+    from engine.settings import VideoSettings
 
 
 @dataclass
@@ -60,7 +52,7 @@ class ExpandedItems:
 
 def expand_videos(
     items: list[Item],
-    options: FrameOptions,
+    options: VideoSettings,
     frames_per_segment: int = DEFAULT_FRAMES_PER_SEGMENT,
 ) -> ExpandedItems:
     """Probe every video item and replace it by its segments.
@@ -70,14 +62,14 @@ def expand_videos(
 
     Args:
         items: Resolved items, in input order.
-        options: The frame selection.
+        options: The frame selection (the video settings of the call).
         frames_per_segment: About how many selected frames one segment holds.
 
     Returns:
         The expanded items, the probed videos and the renumbering of the other items.
 
     Example:
-        >>> expanded = expand_videos(resolve_input("clip.mp4").items, FrameOptions(stride=2))
+        >>> expanded = expand_videos(resolve_input("clip.mp4").items, VideoSettings(stride=2))
         ...                                                    # doctest: +SKIP
         >>> [item.frames[:3] for item in expanded.items][:1]   # doctest: +SKIP
         [(0, 2, 4)]
