@@ -19,7 +19,6 @@ Layout of a job directory (default root ``~/.tessera/jobs``)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import sqlite3
@@ -32,8 +31,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
-from engine.detections import Detections
 from engine.prediction import Prediction
+from engine.prediction_json import prediction_from_json, prediction_to_json
 
 #: Where job directories live unless a ``root`` is given.
 DEFAULT_ROOT = Path("~/.tessera/jobs")
@@ -50,8 +49,6 @@ _SECRET_NAME = re.compile(
     re.IGNORECASE,
 )
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-# Prediction fields that a payload does not carry as plain values.
-_NOT_PLAIN = {"detections", "class_names", "image"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -123,43 +120,24 @@ def redact_url(url: str | None) -> str | None:
 def prediction_payload(prediction: Prediction) -> dict[str, Any]:
     """Return the JSON-serialisable payload the journal stores for ``prediction``.
 
-    It holds `Prediction.to_dict` (readable in the dead letter) plus what
-    `prediction_from_payload` needs to rebuild the prediction exactly: ``class_names``,
-    ``task`` and ``detections`` (the `Detections.to_arrow` columns, mask counts as ASCII
-    strings). The URL is redacted (`redact_url`); an in-memory image is not kept.
+    It is the exact, self-contained JSON of `engine.prediction_json.prediction_to_json`
+    (readable in the dead letter, and enough for `prediction_from_payload` to rebuild the
+    prediction exactly), with the URL redacted (`redact_url`). An in-memory image is not
+    kept.
     """
-    out = {k: _plain(v) for k, v in prediction.to_dict().items()}
-    for name, value in _plain_fields(prediction).items():
-        out.setdefault(name, value)
+    out = prediction_to_json(prediction)
     out["url"] = redact_url(prediction.url)
-    columns = prediction.detections.to_arrow()
-    if columns.get("mask_counts") is not None:
-        columns["mask_counts"] = [c.decode("ascii") for c in columns["mask_counts"]]
-    out.update(
-        class_names=list(prediction.class_names),
-        task=prediction.task,
-        detections=columns,
-    )
     return out
 
 
 def prediction_from_payload(payload: Mapping[str, Any]) -> Prediction:
     """Rebuild the `Prediction` that `prediction_payload` stored.
 
-    Boxes, scores, classes, masks, keypoints and track ids come back exactly (float32
-    columns); origin fields, size, error, index and task as stored. Not kept: the
-    in-memory image, ``Detections.data``, and redacted URL parts.
+    Boxes, scores, classes, masks, keypoints and track ids come back exactly; origin
+    fields, size, error, index and task as stored. Not kept: the in-memory image,
+    ``Detections.data``, and redacted URL parts.
     """
-    columns = dict(payload["detections"])
-    if columns.get("mask_counts") is not None:
-        columns["mask_counts"] = [c.encode("ascii") for c in columns["mask_counts"]]
-    height, width = int(payload.get("height") or 0), int(payload.get("width") or 0)
-    names = {f.name for f in dataclasses.fields(Prediction)} - _NOT_PLAIN
-    return Prediction(
-        detections=Detections.from_arrow(columns, height, width),
-        class_names=list(payload["class_names"]),
-        **{k: payload[k] for k in names if k in payload},
-    )
+    return prediction_from_json(payload)
 
 
 @dataclass(frozen=True)
@@ -400,15 +378,6 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
-
-
-def _plain_fields(prediction: Prediction) -> dict[str, Any]:
-    """Prediction dataclass fields that are plain values (ids, origin), JSON-ready."""
-    return {
-        f.name: _plain(getattr(prediction, f.name))
-        for f in dataclasses.fields(prediction)
-        if f.name not in _NOT_PLAIN
-    }
 
 
 def _plain(value: Any) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,15 +45,8 @@ class ModelWorker:
         self.adapter.infer([np.zeros((min(h, 256), min(w, 256), 3), np.uint8)], 1.0)
 
     def info(self) -> dict[str, Any]:
-        """Describe the loaded model (name, task, classes, default_conf, input_size)."""
-        info = ModelInfo(
-            name=str(self.adapter.name),
-            task=str(self.adapter.task),
-            classes=list(self.adapter.classes),
-            default_conf=float(self.adapter.default_conf),
-            input_size=tuple(self.adapter.input_size),
-        )
-        return {**asdict(info), "device": self.device, "pid": os.getpid()}
+        """Describe the loaded model (`ModelInfo.to_json`), with its device and process id."""
+        return {**ModelInfo.of(self.adapter).to_json(), "device": self.device, "pid": os.getpid()}
 
     def predict(
         self, images: list[np.ndarray | BandSource], settings: PredictSettings
@@ -150,15 +143,7 @@ def start_model_workers(
         raise RuntimeError(
             f"model {adapter.name!r} failed to load on {layout.device}: {root_cause(exc)}"
         ) from exc
-    info = infos[0]
-    model_info = ModelInfo(
-        name=info["name"],
-        task=info["task"],
-        classes=info["classes"],
-        default_conf=info["default_conf"],
-        input_size=tuple(info["input_size"]),
-    )
-    return workers, model_info
+    return workers, ModelInfo.from_json(infos[0])
 
 
 #: Ray's exceptions that only wrap the one that matters.

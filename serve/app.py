@@ -25,7 +25,8 @@ HTTP contract (every answer is JSON; every path but ``/healthz`` needs
 
     where <prediction> is described in `serve.schema` (name, width, height, boxes,
     scores, class_idxs, classes, masks, keypoints, error, ...; ``annotation`` with
-    ``annotation=true``). `serve.schema.prediction_from_json` rebuilds a `Prediction`.
+    ``annotation=true``). `engine.prediction_json.prediction_from_json` rebuilds a
+    `Prediction`.
 ``POST /sessions``
     JSON ``{"inputs": [url | {"url"|"image_base64", "name"?}, ...], "settings": {...},
     "ordered": bool}`` or form data with files (images or videos) under
@@ -40,9 +41,10 @@ HTTP contract (every answer is JSON; every path but ``/healthz`` needs
 ``DELETE /sessions/{id}``
     Stops and forgets the session: ``{"id", "deleted": true}``. Unknown ids answer 404.
 ``GET /info``
-    ``{"model", "task", "classes", "input_size", "default_conf", "settings",
+    ``{"model", "name", "task", "classes", "default_conf", "input_size", "settings",
     "limits": {"max_request_bytes", "max_pixels", "max_images"}, "batching",
-    "shadow_model"}``.
+    "shadow_model"}``: ``model`` is the model's name; ``name`` to ``input_size`` are
+    `engine.settings.ModelInfo.to_json` (what `engine.connect` reads back).
 ``GET /healthz``
     ``{"status": "ok"}``, without a token. OpenAPI at ``/docs`` and ``/openapi.json``.
 

@@ -1,14 +1,18 @@
-"""`engine.connect`: the same `predict` API as `engine.deploy`, over a running Tessera server.
+"""The `engine.client.ModelClient`s behind `engine.connect`: over HTTP, or by Serve handle.
 
-``connect("tessera")`` (an application's name, from inside the Ray cluster) calls the
-application's `Predictor` deployment through a Serve DeploymentHandle: images are
-decoded here and each is one handle call, which Serve batches with the others.
+``engine.connect("http://host:8000", token=...)`` gives a `RemoteModel`, which speaks the
+server's HTTP API (serve/app.py): each image goes to ``POST /predict`` (several at once, so
+the server batches them), a video or a detached job goes through ``/sessions``.
 
-``connect("http://host:8000", token=...)`` speaks the server's HTTP API (serve/app.py):
-each image goes to ``POST /predict`` (several at once, so the server batches them), a
-video or a detached job goes through ``/sessions``. Inputs are resolved here exactly as
-`ModelAPI.predict` resolves them (paths, folders, URLs, PIL images, arrays); the answers
-come back as `Prediction` objects with the same origin fields.
+``engine.connect("tessera")`` (an application's name, from inside the Ray cluster) gives
+a `HandleModel`, which calls the application's `Predictor` deployment through a Serve
+DeploymentHandle: images are decoded here and each is one handle call, which Serve
+batches with the others.
+
+Both resolve inputs here exactly as `ModelAPI.predict` resolves them (paths, folders,
+URLs, PIL images, arrays) and answer with `Prediction` objects with the same origin
+fields, made by `engine.item_prediction.item_prediction`. `serve.plugins` registers the
+two with `engine.plugins`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import queue
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,57 +33,43 @@ import requests
 from PIL import Image
 
 from engine.api import PredictionResults
-from engine.detections import Detections
+from engine.inference import ImageResult
+from engine.item_prediction import decode_items, item_prediction, predict_decoded
 from engine.prediction import Prediction
+from engine.prediction_json import prediction_from_json
+from engine.settings import ModelInfo, PredictSettings, validate_settings
 from engine.sources.items import Item
 from engine.sources.resolve import resolve_input
-from serve.schema import prediction_from_json
 
-__all__ = ["HandleModel", "HandleSession", "RemoteError", "RemoteModel", "RemoteSession", "connect"]
+__all__ = ["HandleModel", "HandleSession", "RemoteError", "RemoteModel", "RemoteSession"]
+
+#: Options of `predict` that only concern this process (not sent to a server).
+_LOCAL_OPTIONS = ("progress", "recursive")
 
 
 class RemoteError(RuntimeError):
     """The server refused a request or could not be reached (the message says why)."""
 
 
-def connect(
-    url: str,
-    token: str | None = None,
-    timeout: float = 120.0,
-    max_concurrency: int = 8,
-) -> RemoteModel | HandleModel:
-    """Connect to a Tessera server and return a model with `predict` and `predict_detached`.
+class RemoteModel:
+    """A model served over HTTP: an `engine.client.ModelClient`.
 
     Args:
-        url: The server's base URL (``http://127.0.0.1:8000``), or the name of a Serve
-            application on the Ray cluster this process is connected to (``"tessera"``).
-        token: The bearer token, when the server requires one.
+        url: The server's base URL (``http://127.0.0.1:8000``).
+        token: The bearer token, if the server requires one.
         timeout: Seconds to wait for one answer.
         max_concurrency: Requests in flight at once (the server batches them).
 
-    Returns:
-        A `RemoteModel` (HTTP) or a `HandleModel` (DeploymentHandle).
+    Attributes:
+        info: The served model (`engine.settings.ModelInfo`).
+        server_info: The server's whole ``GET /info`` answer (settings, limits, batching).
 
     Raises:
         RemoteError: The server cannot be reached, or refuses the token.
 
     Example:
-        >>> model = engine.connect("http://127.0.0.1:8000", token="secret")  # doctest: +SKIP
-        >>> model.predict("street.jpg")[0].boxes                           # doctest: +SKIP
-    """
-    if "://" not in url:
-        return HandleModel(url, timeout)
-    return RemoteModel(url, token, timeout, max_concurrency)
-
-
-class RemoteModel:
-    """A model served over HTTP, with the `ModelAPI` prediction methods.
-
-    Args:
-        url: The server's base URL.
-        token: The bearer token, if any.
-        timeout: Seconds to wait for one answer.
-        max_concurrency: Requests in flight at once.
+        >>> with engine.connect("http://127.0.0.1:8000", token="secret") as model:  # doctest: +SKIP
+        ...     model.predict("street.jpg")[0].boxes
     """
 
     def __init__(
@@ -87,20 +80,21 @@ class RemoteModel:
         self._timeout = timeout
         self._concurrency = max(1, int(max_concurrency))
         self._http = requests.Session()
-        self.info = self._call("GET", "/info")
+        self.server_info: dict[str, Any] = self._call("GET", "/info")
+        self.info = ModelInfo.from_json(self.server_info)
 
     @property
     def classes(self) -> list[str]:
         """The model's class names."""
-        return list(self.info["classes"])
+        return list(self.info.classes)
 
     @property
     def task(self) -> str:
         """The model's task."""
-        return str(self.info["task"])
+        return self.info.task
 
     def __repr__(self) -> str:
-        return f"RemoteModel(url={self.url!r}, model={self.info.get('model')!r})"
+        return f"RemoteModel(url={self.url!r}, model={self.info.name!r})"
 
     # ------------------------------------------------------------------ HTTP
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -131,9 +125,8 @@ class RemoteModel:
         Returns:
             One Prediction per image or video frame, in input order.
         """
-        recursive = bool(options.get("recursive", False))
-        settings = {k: v for k, v in options.items() if k not in ("progress", "recursive")}
-        resolved = resolve_input(input, recursive=recursive)
+        settings = {k: v for k, v in options.items() if k not in _LOCAL_OPTIONS}
+        resolved = resolve_input(input, recursive=bool(options.get("recursive", False)))
         images = [item for item in resolved.items if item.source != "video" or item.error]
         with ThreadPoolExecutor(self._concurrency) as pool:
             answers = dict(
@@ -154,21 +147,21 @@ class RemoteModel:
         return PredictionResults(predictions, resolved.skipped)
 
     def _predict_item(self, item: Item, settings: dict[str, Any]) -> Prediction:
-        if item.error is not None:
-            return _origin(Prediction(Detections.empty(), self.classes, error=item.error), item)
-        try:
+        result, size = ImageResult(None, item.error), (0, 0)
+        if item.error is None:
             if item.url is not None and item.source == "url":
-                body = {"url": item.url, "settings": settings}
-                answer = self._call("POST", "/predict", json=body)
+                body: dict[str, Any] = {"url": item.url}
             else:
-                data = _encoded(item)
-                body = {"image_base64": base64.b64encode(data).decode(), "settings": settings}
-                answer = self._call("POST", "/predict", json=body)
-            (row,) = answer["predictions"]
-            prediction = prediction_from_json(row, self.classes, self.task)
-        except RemoteError as e:
-            prediction = Prediction(Detections.empty(), self.classes, error=str(e))
-        return _origin(prediction, item)
+                body = {"image_base64": base64.b64encode(_encoded(item)).decode()}
+            try:
+                answer = self._call("POST", "/predict", json={**body, "settings": settings})
+                (row,) = answer["predictions"]
+                remote = prediction_from_json(row, self.classes, self.task)
+                result = ImageResult(remote.detections, remote.error)
+                size = (remote.height, remote.width)
+            except RemoteError as e:
+                result = ImageResult(None, str(e))
+        return item_prediction(item, result, size, self.classes, self.task)
 
     # ------------------------------------------------------------------ sessions
     def predict_detached(self, input: Any = None, **options: Any) -> RemoteSession:  # noqa: A002
@@ -176,7 +169,7 @@ class RemoteModel:
 
         URLs are sent as such; local files (images or videos) are uploaded.
         """
-        settings = {k: v for k, v in options.items() if k not in ("progress", "recursive")}
+        settings = {k: v for k, v in options.items() if k not in _LOCAL_OPTIONS}
         resolved = resolve_input(input, recursive=bool(options.get("recursive", False)))
         urls = [item.url for item in resolved.items if item.source == "url" and not item.error]
         files = [item for item in resolved.items if item.source != "url" and not item.error]
@@ -191,9 +184,26 @@ class RemoteModel:
             answer = self._call("POST", "/sessions", json={"inputs": urls, "settings": settings})
         return RemoteSession(self, answer["id"])
 
+    # ------------------------------------------------------------------ lifetime
+    def close(self) -> None:
+        """Close the HTTP connections (a later call opens new ones)."""
+        self._http.close()
+
+    def __enter__(self) -> RemoteModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class RemoteSession:
-    """A job running on the server: iterate it for Predictions, as `PredictionSession`."""
+    """A job running on the server: an `engine.client.SessionClient`.
+
+    Args:
+        model: The client that started it.
+        session_id: The server's id of the job.
+        page: Most predictions pulled per request.
+    """
 
     def __init__(self, model: RemoteModel, session_id: str, page: int = 64) -> None:
         self.id = session_id
@@ -222,7 +232,7 @@ class RemoteSession:
         return self._pending.pop(0)
 
     def status(self) -> dict[str, Any]:
-        """The job's state, progress, message and error."""
+        """The job's state, progress, message, error and failed items."""
         return self._model._call("GET", f"/sessions/{self.id}")
 
     def progress(self) -> dict[str, int]:
@@ -246,14 +256,6 @@ class RemoteSession:
         self.stop()
 
 
-def _origin(prediction: Prediction, item: Item) -> Prediction:
-    prediction.source, prediction.name = item.source, item.name
-    prediction.path, prediction.url, prediction.dataset = item.path, item.url, item.dataset
-    if item.in_memory and item.pixels is not None:
-        prediction.image = item.image_array()
-    return prediction
-
-
 def _encoded(item: Item) -> bytes:
     """The bytes to upload for an item: the file itself, or in-memory pixels as PNG."""
     if item.path is not None:
@@ -264,34 +266,34 @@ def _encoded(item: Item) -> bytes:
 
 
 class HandleModel:
-    """A served model called through its `Predictor` DeploymentHandle (inside the cluster).
+    """A served model called through its `Predictor` DeploymentHandle: a `ModelClient`.
 
     Inputs are resolved and decoded in this process, settings validated here as
     `ModelAPI.predict` validates them, and each image is one ``predict`` call on the
-    handle; Serve batches concurrent calls.
+    handle; Serve batches concurrent calls. Videos go through the HTTP API's sessions.
 
     Args:
         app_name: The Serve application's name (``tessera serve --name``).
         timeout: Seconds to wait for one answer.
+
+    Raises:
+        RemoteError: No such application answers on the Ray cluster.
     """
 
     def __init__(self, app_name: str, timeout: float = 120.0) -> None:
         from ray import serve
 
         from engine.runtime import ensure_ray
-        from engine.settings import ModelInfo
 
         ensure_ray(None)
         try:
-            self._handle = serve.get_deployment_handle("Predictor", app_name=app_name)
+            self._handle: Any = serve.get_deployment_handle("Predictor", app_name=app_name)
             info = self._handle.info.remote().result(timeout_s=timeout)
         except Exception as e:
             raise RemoteError(f"Serve application {app_name!r}: {type(e).__name__}: {e}") from None
         self.app_name, self._timeout = app_name, timeout
-        self.info = ModelInfo(
-            info["name"], info["task"], list(info["classes"]), info["default_conf"],
-            tuple(info["input_size"]),
-        )  # fmt: skip
+        self.info = ModelInfo.from_json(info)
+        self._sessions: weakref.WeakSet[HandleSession] = weakref.WeakSet()
 
     @property
     def classes(self) -> list[str]:
@@ -308,95 +310,148 @@ class HandleModel:
 
     def predict(self, input: Any = None, **options: Any) -> PredictionResults:  # noqa: A002
         """Predict over images, as `engine.api.ModelAPI.predict` (no videos here)."""
-        return PredictionResults(list(self._predict_iter(input, options)), [])
+        settings, items, skipped = self._plan(input, options)
+        return PredictionResults(list(self._predictions(settings, items)), skipped)
 
     def predict_detached(self, input: Any = None, **options: Any) -> HandleSession:  # noqa: A002
-        """Predict in a background thread of this process; iterate the session for results."""
-        return HandleSession(self._predict_iter(input, options))
+        """Predict in a background thread of this process; iterate the session for results.
 
-    def _predict_iter(self, input: Any, options: dict[str, Any]) -> Iterator[Prediction]:  # noqa: A002
-        from engine.settings import validate_settings
-        from engine.sources.decode import ImageLoadError, decode_item
+        Settings and inputs are checked before this returns.
+        """
+        settings, items, _ = self._plan(input, options)
+        session = HandleSession(self._predictions(settings, items), total=len(items))
+        self._sessions.add(session)
+        return session
 
+    def _plan(
+        self,
+        input: Any,  # noqa: A002
+        options: dict[str, Any],
+    ) -> tuple[PredictSettings, list[Item], list[str]]:
+        if self._handle is None:
+            raise RemoteError(f"{self!r} is closed")
         settings = validate_settings(dict(options), self.info)
-        resolved = resolve_input(input, recursive=settings.recursive)
+        resolved = resolve_input(input, recursive=settings.general.recursive)
         videos = [item.name for item in resolved.items if item.source == "video"]
         if videos:
             raise ValueError(
                 f"videos go through the HTTP API's sessions, not a handle: {', '.join(videos)}"
             )
-        items = resolved.items
-        for start in range(0, len(items), settings.batch_size):
-            chunk = items[start : start + settings.batch_size]
-            calls: list[tuple[Item, Any, str | None, tuple[int, ...]]] = []
-            for item in chunk:  # send the chunk at once, so Serve can batch it
-                try:
-                    image = decode_item(item, settings.max_pixels, settings.url_timeout)
-                    call = self._handle.predict.remote(image, settings)
-                    calls.append((item, call, None, image.shape[:2]))
-                except ImageLoadError as e:
-                    calls.append((item, None, str(e), (0, 0)))
-            for item, call, error, (height, width) in calls:
-                detections = Detections.empty()
-                if call is not None:
-                    result = call.result(timeout_s=self._timeout)
-                    error = result.error
-                    detections = result.detections or Detections.empty()
-                prediction = Prediction(
-                    detections, self.classes, error=error, index=item.index, task=self.task
-                )
-                prediction.height, prediction.width = int(height), int(width)
-                yield _origin(prediction, item)
+        return settings, resolved.items, resolved.skipped
+
+    def _predictions(self, settings: PredictSettings, items: list[Item]) -> Iterator[Prediction]:
+        handle, timeout = self._handle, self._timeout
+
+        def send(images: list[Any]) -> list[ImageResult]:
+            calls = [handle.predict.remote(image, settings) for image in images]  # Serve batches
+            return [call.result(timeout_s=timeout) for call in calls]
+
+        size = settings.general.batch_size
+        for start in range(0, len(items), size):
+            decoded = decode_items(items[start : start + size], settings)
+            yield from predict_decoded(decoded, send, self.classes, self.task)
+
+    def close(self) -> None:
+        """Stop the sessions this client started and let go of the deployment handle."""
+        for session in list(self._sessions):
+            session.stop()
+        self._handle = None
+
+    def __enter__(self) -> HandleModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class HandleSession:
-    """Predictions of a `HandleModel` produced by a background thread, read in order."""
+    """Predictions of a `HandleModel` made by a background thread: a `SessionClient`.
 
-    def __init__(self, predictions: Iterator[Prediction]) -> None:
-        import queue
-        import threading
+    Args:
+        predictions: The predictions to make, in order (consumed by the thread).
+        total: How many there will be.
+        buffered: Most predictions made ahead of the reader.
+    """
 
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=256)
+    def __init__(self, predictions: Iterator[Prediction], total: int, buffered: int = 256) -> None:
+        self._queue: queue.Queue[Prediction | None] = queue.Queue(maxsize=buffered)
         self._stop = threading.Event()
-        self._done = 0
+        self._total = total
+        self._produced = 0
+        self._failed: list[dict[str, Any]] = []
         self._error: str | None = None
         self._finished = False
-
-        def produce() -> None:
-            try:
-                for prediction in predictions:
-                    if self._stop.is_set():
-                        return
-                    self._queue.put(prediction)
-            except Exception as e:  # the session fails as a whole; the reader sees why
-                self._error = f"{type(e).__name__}: {e}"
-            finally:
-                self._queue.put(None)
-
-        self._thread = threading.Thread(target=produce, daemon=True, name="tessera-handle")
+        self._thread = threading.Thread(
+            target=self._produce, args=(predictions,), daemon=True, name="tessera-handle"
+        )
         self._thread.start()
+
+    def _produce(self, predictions: Iterator[Prediction]) -> None:
+        try:
+            for prediction in predictions:
+                if not self._put(prediction):
+                    return
+                self._produced += 1
+                if prediction.error is not None:
+                    self._failed.append({"name": prediction.name, "error": prediction.error})
+        except Exception as e:  # the session fails as a whole; the reader sees why
+            self._error = f"{type(e).__name__}: {e}"
+        finally:
+            self._put(None)
+
+    def _put(self, prediction: Prediction | None) -> bool:
+        """Queue a prediction, waiting for room; False once the session is stopped."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(prediction, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def __iter__(self) -> Iterator[Prediction]:
         return self
 
     def __next__(self) -> Prediction:
-        if self._finished:
-            raise StopIteration
-        prediction = self._queue.get()
-        if prediction is None:
+        while not self._finished:
+            try:
+                prediction = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():
+                    self._finished = True
+                continue
+            if prediction is not None:
+                return prediction
             self._finished = True
             if self._error is not None:
                 raise RemoteError(self._error)
-            raise StopIteration
-        self._done += 1
-        return prediction
+        raise StopIteration
 
     def progress(self) -> dict[str, int]:
-        """``{"done": predictions read so far}``."""
-        return {"done": self._done}
+        """``{"done": predictions made, "total": predictions to make}``."""
+        return {"done": self._produced, "total": self._total}
+
+    def status(self) -> dict[str, Any]:
+        """``{"state", "progress", "error", "failed"}``.
+
+        ``state`` is "running", "done", "stopped" or "error"; ``failed`` lists the items
+        that carry an error (name and error).
+        """
+        if self._error is not None:
+            state = "error"
+        elif self._produced == self._total and not self._thread.is_alive():
+            state = "done"
+        else:
+            state = "stopped" if self._stop.is_set() else "running"
+        return {
+            "state": state,
+            "progress": self.progress(),
+            "error": self._error,
+            "failed": list(self._failed),
+        }
 
     def stop(self) -> None:
-        """Stop producing; what is already queued can still be read."""
+        """Stop making predictions; those already made can still be read."""
         self._stop.set()
 
     close = stop

@@ -23,10 +23,12 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.detections import Detections
+from engine.inference import ImageResult
+from engine.item_prediction import item_prediction
 from engine.prediction import Prediction
 from engine.settings import SETTINGS, ModelInfo, PredictSettings, validate_settings
 from engine.sources.decode import DEFAULT_MAX_PIXELS
+from engine.sources.items import Item
 from engine.worker import root_cause
 from serve.inputs import (
     ImageInput,
@@ -116,14 +118,7 @@ class Ingress:
         """The main (or ``"shadow"``) model's description, asked of its replicas once."""
         if which not in self._infos:
             handle = self.predictor if which == "main" else self.shadow
-            info = await handle.info.remote()
-            self._infos[which] = ModelInfo(
-                name=info["name"],
-                task=info["task"],
-                classes=list(info["classes"]),
-                default_conf=info["default_conf"],
-                input_size=tuple(info["input_size"]),
-            )
+            self._infos[which] = ModelInfo.from_json(await handle.info.remote())
         return self._infos[which]
 
     def validate(self, options: dict[str, Any], info: ModelInfo) -> PredictSettings:
@@ -137,11 +132,11 @@ class Ingress:
             settings = validate_settings(options, info)
         except (TypeError, ValueError) as exc:
             raise ApiError(400, f"bad setting: {exc}") from exc
-        if settings.max_pixels > self.config.max_pixels:
+        if settings.general.max_pixels > self.config.max_pixels:
             raise ApiError(
                 400, f"max_pixels cannot be above the server's limit of {self.config.max_pixels}"
             )
-        if settings.url_timeout > MAX_URL_TIMEOUT_S:
+        if settings.general.url_timeout > MAX_URL_TIMEOUT_S:
             raise ApiError(400, f"url_timeout cannot be above {MAX_URL_TIMEOUT_S} s")
         return settings
 
@@ -169,9 +164,9 @@ class Ingress:
         settings = self.validate(parsed.options, info)
         # 3) inputs -> images
         data = await fetch_inputs(
-            parsed.inputs, self.policy, settings.url_timeout, self.config.max_request_bytes
+            parsed.inputs, self.policy, settings.general.url_timeout, self.config.max_request_bytes
         )
-        images = await decode_inputs(parsed.inputs, data, settings.max_pixels)
+        images = await decode_inputs(parsed.inputs, data, settings.general.max_pixels)
         # 4) one Predictor call per image: Serve batches them with other requests' images
         try:
             results = await asyncio.gather(
@@ -256,10 +251,10 @@ class Ingress:
         info = await self.model_info()
         settings = self.validate(parsed.options, info)
         data = await fetch_inputs(
-            parsed.inputs, self.policy, settings.url_timeout, self.config.max_request_bytes
+            parsed.inputs, self.policy, settings.general.url_timeout, self.config.max_request_bytes
         )
         inputs = [SessionInput(i.name, d, i.url) for i, d in zip(parsed.inputs, data)]
-        options = {"max_pixels": settings.max_pixels, **parsed.options}
+        options = {"max_pixels": settings.general.max_pixels, **parsed.options}
         try:
             session_id = await self.sessions.start(inputs, {**options, "ordered": parsed.ordered})
         except (TypeError, ValueError) as exc:
@@ -292,20 +287,10 @@ class Ingress:
 
 
 def _prediction(
-    item: ImageInput, image: Any, result: Any, index: int, info: ModelInfo
+    item: ImageInput, image: Any, result: ImageResult, index: int, info: ModelInfo
 ) -> Prediction:
-    return Prediction(
-        detections=result.detections if result.detections is not None else Detections.empty(),
-        class_names=list(info.classes),
-        source=item.source,
-        name=item.name,
-        url=item.url,
-        height=int(image.shape[0]),
-        width=int(image.shape[1]),
-        error=result.error,
-        index=index,
-        task=info.task,
-    )
+    origin = Item(index=index, source=item.source, name=item.name, url=item.url)
+    return item_prediction(origin, result, image.shape[:2], info.classes, info.task)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -393,10 +378,7 @@ def build_api(server: Ingress) -> FastAPI:
         defaults = validate_settings({}, model).describe(model.classes)
         return {
             "model": model.name,
-            "task": model.task,
-            "classes": list(model.classes),
-            "input_size": list(model.input_size),
-            "default_conf": model.default_conf,
+            **model.to_json(),
             "settings": {k: v for k, v in defaults.items() if k in SERVE_SETTINGS},
             "limits": {
                 "max_request_bytes": config.max_request_bytes,
@@ -476,7 +458,7 @@ _PREDICT_DOCS = {
             "name": "annotation",
             "in": "query",
             "schema": {"type": "boolean"},
-            "description": "add each prediction's Supervisely annotation",
+            "description": "add each prediction's annotation (default platform format)",
         },
         {
             "name": "name",

@@ -63,7 +63,7 @@ class ParsedRequest:
     Attributes:
         inputs: The images (or videos, for sessions), in order.
         options: Settings, unvalidated (query parameters, then the JSON ``settings``).
-        annotation: Add Supervisely annotations to the predictions.
+        annotation: Add each prediction's annotation (the default platform format).
         ordered: Sessions: hand results out in input order.
     """
 

@@ -21,7 +21,7 @@ from ray import serve
 from engine.inference import ImageResult, predict_images
 from engine.models.base import ModelAdapter
 from engine.models.zoo import resolve_model
-from engine.settings import PredictSettings
+from engine.settings import ModelInfo, PredictSettings
 
 
 def predict_batch(
@@ -90,14 +90,8 @@ class Predictor:
         self._batch_sizes: collections.Counter[int] = collections.Counter()
 
     async def info(self) -> dict[str, Any]:
-        """Describe the loaded model: name, task, classes, default_conf, input_size."""
-        return {
-            "name": str(self.adapter.name),
-            "task": str(self.adapter.task),
-            "classes": list(self.adapter.classes),
-            "default_conf": float(self.adapter.default_conf),
-            "input_size": [int(s) for s in self.adapter.input_size],
-        }
+        """Describe the loaded model (`ModelInfo.to_json`: name, task, classes...)."""
+        return ModelInfo.of(self.adapter).to_json()
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def predict(

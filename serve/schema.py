@@ -1,6 +1,7 @@
 """The JSON the prediction server speaks: predictions out, settings in, errors.
 
-A prediction travels as `Prediction.to_dict` with every key always present::
+A prediction travels as `engine.prediction_json.prediction_to_json` writes it, rounded
+(coordinates to 2 decimals, scores to 4), every key always present::
 
     {"index": 0, "name": "a.png", "source": "upload", "path": null, "url": null,
      "dataset": null, "frame_index": null, "timestamp": null,
@@ -8,11 +9,12 @@ A prediction travels as `Prediction.to_dict` with every key always present::
      "boxes": [[x1, y1, x2, y2], ...],        # original-image pixels, x2/y2 exclusive
      "scores": [0.98, ...], "class_idxs": [2, ...], "classes": ["car", ...],
      "masks": [{"size": [h, w], "counts": "<COCO RLE string>"}, ...] | null,
-     "keypoints": [[[x, y, score], ...], ...] | null,
+     "keypoints": [[[x, y, score], ...], ...] | null, "num_keypoints": K | null,
      "track_ids": [...] | null,
      "annotation": {...}}                     # only with annotation=true (null on errors)
 
-`prediction_from_json` rebuilds the `Prediction` from it and the model's class names.
+The model's task and class names are given once per response, beside the predictions;
+`engine.prediction_json.prediction_from_json` rebuilds a `Prediction` from both.
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
-
-from engine.detections import Detections
+from engine import prediction_json
 from engine.prediction import Prediction
 from engine.settings import SETTINGS
 
@@ -150,73 +150,17 @@ def prediction_to_json(prediction: Prediction, annotation: bool = False) -> dict
 
     Args:
         prediction: The prediction.
-        annotation: Add its Supervisely annotation under ``"annotation"``.
+        annotation: Add its annotation in the default platform format under
+            ``"annotation"``.
 
     Example:
+        >>> from engine.detections import Detections
         >>> p = Prediction(Detections.empty(), ["cat"], name="a.png", width=4, height=3)
         >>> payload = prediction_to_json(p)
-        >>> payload["boxes"], payload["masks"], payload["width"]
-        ([], None, 4)
+        >>> payload["boxes"], payload["masks"], payload["width"], "class_names" in payload
+        ([], None, 4, False)
     """
-    out = prediction.to_dict()
-    out.setdefault("masks", None)
-    out.setdefault("keypoints", None)
-    out.setdefault("track_ids", None)
+    out = prediction_json.prediction_to_json(prediction, rounded=True, self_contained=False)
     if annotation:
         out["annotation"] = prediction.annotation if prediction.error is None else None
     return out
-
-
-def prediction_from_json(
-    payload: dict[str, Any], class_names: list[str], task: str = "detection"
-) -> Prediction:
-    """Rebuild a `Prediction` from the server's JSON and the model's class names.
-
-    Args:
-        payload: One element of a response's ``"predictions"``.
-        class_names: The response's ``"class_names"``.
-        task: The response's ``"task"``.
-
-    Example:
-        >>> p = Prediction(Detections(np.array([[1, 2, 3, 4]]), np.array([0.9]),
-        ...                           np.array([1])), ["cat", "dog"], width=8, height=6)
-        >>> prediction_from_json(prediction_to_json(p), ["cat", "dog"]).classes
-        ['dog']
-    """
-    height, width = int(payload.get("height") or 0), int(payload.get("width") or 0)
-    masks = payload.get("masks")
-    keypoints = payload.get("keypoints")
-    detections = Detections(
-        xyxy=np.asarray(payload.get("boxes") or [], np.float32).reshape(-1, 4),
-        scores=np.asarray(payload.get("scores") or [], np.float32),
-        class_idxs=np.asarray(payload.get("class_idxs") or [], np.int64),
-        masks_rle=None
-        if masks is None
-        else [
-            {"size": [int(s) for s in m["size"]], "counts": str(m["counts"]).encode("ascii")}
-            for m in masks
-        ],
-        keypoints=None if keypoints is None else _keypoints(keypoints),
-        track_ids=None if payload.get("track_ids") is None else payload["track_ids"],
-    )
-    return Prediction(
-        detections=detections,
-        class_names=list(class_names),
-        source=payload.get("source") or "upload",
-        name=payload.get("name") or "",
-        path=payload.get("path"),
-        url=payload.get("url"),
-        dataset=payload.get("dataset"),
-        frame_index=payload.get("frame_index"),
-        timestamp=payload.get("timestamp"),
-        height=height,
-        width=width,
-        error=payload.get("error"),
-        index=int(payload.get("index") or 0),
-        task=task,
-    )
-
-
-def _keypoints(values: Any) -> np.ndarray:
-    array = np.asarray(values, np.float32)
-    return np.zeros((0, 0, 3), np.float32) if array.size == 0 else array

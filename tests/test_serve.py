@@ -23,10 +23,11 @@ from serve_helpers import can_bind, free_port, image_server, png_bytes, poll
 from engine.detections import Detections
 from engine.models.reference import ColorBoxDetector
 from engine.prediction import Prediction
+from engine.prediction_json import prediction_from_json
 from engine.settings import ModelInfo, validate_settings
 from serve.multipart import MultipartError, parse_multipart
 from serve.predictor import predict_batch
-from serve.schema import ApiError, prediction_from_json, prediction_to_json, settings_from_query
+from serve.schema import ApiError, prediction_to_json, settings_from_query
 from serve.security import (
     UnsafeURLError,
     URLPolicy,
@@ -259,21 +260,38 @@ def test_serve_yaml_builds_the_application():
 
 
 def test_cli_options_map_onto_build_app():
-    from serve.cli import add_serve_command, serve_options
+    from engine import plugins
+    from serve.cli import SERVE_COMMAND, serve_options
 
     parser = argparse.ArgumentParser(prog="tessera")
-    add_serve_command(parser.add_subparsers(dest="command"))
+    commands = parser.add_subparsers(dest="command")
+    SERVE_COMMAND.add_arguments(commands.add_parser(SERVE_COMMAND.name, help=SERVE_COMMAND.help))
     args = parser.parse_args(
         "serve --model reference/color-boxes --replicas 2 --max-batch-size 16 "
         "--batch-wait-ms 5 --token t --shadow reference/color-masks "
         "--allow-network 10.0.0.0/8 --monitoring /tmp/m.jsonl".split()
     )
+    assert isinstance(SERVE_COMMAND, plugins.Command)
+    assert plugins.commands()["serve"] is SERVE_COMMAND
     options = serve_options(args)
     assert options["num_replicas"] == 2 and options["max_batch_size"] == 16
     assert options["batch_wait_timeout_s"] == pytest.approx(0.005)
     assert options["token"] == "t" and options["shadow_model"] == "reference/color-masks"
     assert options["allow_private_urls"] == ("10.0.0.0/8",)
     assert options["monitoring_path"] == "/tmp/m.jsonl"
+
+
+def test_client_plugins_take_urls_and_application_names():
+    from engine import plugins
+    from serve.plugins import HANDLE_CLIENT, HTTP_CLIENT
+
+    assert isinstance(HTTP_CLIENT, plugins.ClientFactory)
+    assert isinstance(HANDLE_CLIENT, plugins.ClientFactory)
+    for url in ("http://127.0.0.1:8000", "https://models.example.com/", "HTTPS://host"):
+        assert plugins.client_for(url) is HTTP_CLIENT, url
+    assert plugins.client_for("tessera") is HANDLE_CLIENT
+    with pytest.raises(plugins.PluginError, match="no installed client connects to 'ftp://h'"):
+        plugins.client_for("ftp://h")
 
 
 # --------------------------------------------------------------------------- the server
@@ -604,12 +622,15 @@ def test_a_killed_replica_is_restored(server, expected):
 
 def test_connect_gives_the_same_predictions_as_a_deployed_model(server, expected, tmp_path):
     import engine
+    from engine.client import ModelClient, SessionClient
     from serve.client import RemoteError
 
     with pytest.raises(RemoteError, match="401"):
         engine.connect(server.url, token="wrong")
     remote = engine.connect(server.url, token=TOKEN)
+    assert isinstance(remote, ModelClient) and remote.info.name == "reference/color-boxes"
     assert remote.classes == expected[0].class_names and remote.task == "detection"
+    assert remote.server_info["limits"]["max_pixels"] == MAX_PIXELS
     files = []
     for i, image in enumerate(IMAGES):
         files.append(tmp_path / f"scene{i}.png")
@@ -625,20 +646,24 @@ def test_connect_gives_the_same_predictions_as_a_deployed_model(server, expected
     missing = remote.predict([str(files[0]), str(tmp_path / "gone.png")])
     assert missing[0].error is None and missing[1].error.startswith("file not found")
     with remote.predict_detached([str(f) for f in files]) as session:
+        assert isinstance(session, SessionClient)
         detached = list(session)
     assert len(detached) == 3
+    remote.close()
     for prediction, want in zip(detached, expected):
         np.testing.assert_allclose(prediction.boxes, want.boxes, atol=0.01)
 
 
 def test_connect_by_application_name_calls_the_deployment_handle(server, expected, tmp_path):
     import engine
+    from engine.client import ModelClient, SessionClient
     from serve.client import HandleModel, RemoteError
 
     with pytest.raises(RemoteError, match="nowhere"):
         engine.connect("nowhere")
     local = engine.connect("tessera")
     assert isinstance(local, HandleModel) and local.classes == expected[0].class_names
+    assert isinstance(local, ModelClient) and local.info.input_size == (512, 512)
     got = local.predict(IMAGES + [str(tmp_path / "gone.png")])
     assert [p.index for p in got] == [0, 1, 2, 3]
     for prediction, want in zip(got, expected):
@@ -649,5 +674,12 @@ def test_connect_by_application_name_calls_the_deployment_handle(server, expecte
     with pytest.raises(ValueError, match="conf"):
         local.predict(IMAGES, conf=2.0)
     with local.predict_detached(IMAGES, batch_size=2) as session:
+        assert isinstance(session, SessionClient)
         streamed = list(session)
     assert [len(p) for p in streamed] == [len(p) for p in expected]
+    assert session.progress() == {"done": 3, "total": 3}
+    assert session.status() == {"state": "done", "progress": session.progress(), "error": None,
+                                "failed": []}  # fmt: skip
+    local.close()
+    with pytest.raises(RemoteError, match="closed"):
+        local.predict(IMAGES)

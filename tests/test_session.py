@@ -97,8 +97,11 @@ def wait_until(condition, seconds: float = 30.0) -> bool:
 
 
 def test_detached_session_streams_every_prediction_in_input_order(slow_model):
+    from engine.client import ModelClient, SessionClient
+
     data = scenes(12)
     session = slow_model.predict_detached([d[0] for d in data], batch_size=2)
+    assert isinstance(slow_model, ModelClient) and isinstance(session, SessionClient)
     assert not session.is_done()  # it returned while the job runs
     predictions = list(session)
     assert [p.index for p in predictions] == list(range(12))
