@@ -9,6 +9,18 @@ import pytest
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
+def pytest_sessionstart(session):
+    """Stop at once when the test platform plug-in (tests/plugins/acme) is not installed."""
+    from importlib import metadata
+
+    if not any(e.name == "acme" for e in metadata.entry_points(group="tessera.platforms")):
+        pytest.exit(
+            "the test platform 'acme' (tests/plugins/acme) is not installed: run `make test`, "
+            "or `.venv/bin/python -m pip install --no-deps -e tests/plugins/acme`",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance sized for this 2-core machine, shared by every test."""
