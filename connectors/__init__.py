@@ -1,9 +1,11 @@
 """Connectors: write predictions to labeling platforms and local exports.
 
-``predict(..., upload=MODE, to="supervisely")`` names a connector; `get_connector` builds
-it from the registry below. Importing this package does not import Ray or a platform
-client: the runtime (`connectors.runtime`: `UploadJob`, the rate limiter, the uploader
-actors) loads on first use of its names here.
+``predict(..., upload=MODE, to="supervisely")`` names a platform's uploader; platforms are
+plug-ins (`engine.plugins`, entry-point group ``tessera.platforms``), one package each
+(`connectors.supervisely`), and `get_connector` builds the uploader of one by name.
+Importing this package does not import Ray or a platform client: the runtime
+(`connectors.runtime`: `UploadJob`, the rate limiter, the uploader actors) loads on first
+use of its names here.
 """
 
 from __future__ import annotations
@@ -11,38 +13,32 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-#: Connector name -> "module:class".
-REGISTRY: dict[str, str] = {
-    "supervisely": "connectors.supervisely:SuperviselyConnector",
-}
+from engine import plugins
 
 _RUNTIME_NAMES = ("UploadJob", "RateLimiter", "LimiterGate")
 
-__all__ = ["REGISTRY", "get_connector", *_RUNTIME_NAMES]
+__all__ = ["get_connector", *_RUNTIME_NAMES]
 
 
 def get_connector(name: str, **options: Any) -> Any:
-    """Build the connector registered as ``name`` with its options.
+    """Build the uploader of the platform registered as ``name``, with its options.
 
     Args:
-        name: A key of `REGISTRY` (case-insensitive).
+        name: An installed platform with an uploader (case-insensitive).
         **options: The connector's own options (e.g. the client's ``server_address``).
 
     Returns:
         A `connectors.base.Connector`.
 
     Raises:
-        ValueError: No connector has that name; the message lists the known ones.
+        ValueError: No platform of that name has an uploader; the message lists those
+            that do.
 
     Example:
         >>> get_connector("supervisely")  # doctest: +SKIP
         SuperviselyConnector(name='supervisely')
     """
-    target = REGISTRY.get(str(name).lower())
-    if target is None:
-        raise ValueError(f"unknown connector {name!r}; known connectors: {', '.join(REGISTRY)}")
-    module, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module), attribute)(**options)
+    return plugins.uploader(name, **options)
 
 
 def __getattr__(name: str) -> Any:

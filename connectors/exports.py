@@ -1,4 +1,4 @@
-"""Streaming local exports of predictions: JSON lines, COCO, a Supervisely project, Parquet.
+"""Streaming local exports of predictions: JSON lines, COCO, Parquet (and platforms' formats).
 
 An exporter receives predictions one at a time, in any number, as they stream out of a
 job, and keeps in memory only small records (never images). Every prediction is
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import abc
 import json
-import shutil
 from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar
@@ -35,15 +34,10 @@ from connectors.formats.coco import (
     split_results,
 )
 from connectors.formats.jsonl import prediction_to_jsonl
-from connectors.formats.supervisely import (
-    check_task,
-    dataset_dir,
-    image_file_name,
-    meta_for,
-    png_file_name,
-    prediction_to_annotation,
-)
-from engine.prediction import PREDICTION_SCHEMA, Prediction
+from engine import plugins
+from engine.models.base import check_task
+from engine.prediction import Prediction
+from engine.schemas import PREDICTION_SCHEMA
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -51,7 +45,7 @@ __all__ = [
     "Exporter",
     "JsonlExporter",
     "ParquetExporter",
-    "SuperviselyExporter",
+    "copyable_file",
     "open_exporter",
     "prediction_row",
 ]
@@ -273,114 +267,8 @@ class CocoExporter(Exporter):
         self._add_file(name)
 
 
-# ---------------------------------------------------------------------- Supervisely
-class SuperviselyExporter(Exporter):
-    """A local Supervisely project: ``meta.json``, ``<dataset>/img/``, ``<dataset>/ann/``.
-
-    - The dataset is ``prediction.dataset`` or "ds0"; "a/b" goes to ``a/datasets/b``.
-    - The image is a copy of the prediction's local file when it has one (and it needs no
-      EXIF rotation); otherwise its pixels (``prediction.image`` or `load_image`) are
-      written as PNG, the name's image suffix becoming ".png". A video frame is
-      ``<video stem>_<frame:06d>.png``. A name already used in the dataset by this export
-      gets a numeric prefix: ``1_<name>``, ``2_<name>``...
-    - The annotation is ``ann/<image name>.json`` (`prediction_to_annotation`).
-    - meta.json is `meta_for` the classes: written at once, and again at close when the
-      predictions held masks or keypoints that the task did not announce, so every object
-      written is valid for its class.
-    - A prediction with an ``error``, or whose image cannot be written, is not put in the
-      project; it is listed in the summary's ``errors``.
-
-    Args:
-        out_dir: The project folder.
-        class_names: The model's class list.
-        task: The model's task.
-        keypoint_names: Names of the keypoints (graph nodes), if the model has them.
-
-    Example:
-        >>> exporter = SuperviselyExporter("project", model.classes)  # doctest: +SKIP
-
-    """
-
-    format = "sly"
-    META_FILE = "meta.json"
-
-    def __init__(
-        self,
-        out_dir: str | Path,
-        class_names: list[str],
-        task: str = "detection",
-        keypoint_names: list[str] | None = None,
-    ) -> None:
-        super().__init__(out_dir, class_names, task)
-        self.keypoint_names = keypoint_names
-        self._used: dict[Path, set[str]] = {}
-        self._datasets: dict[str, int] = {}
-        self._has_masks = False
-        self._num_keypoints: int | None = None
-        self._meta = self._current_meta()
-        self._write_meta()
-
-    def _write(self, prediction: Prediction) -> None:
-        if prediction.error is not None:
-            return
-        annotation = prediction_to_annotation(prediction, self.task, self.keypoint_names)
-        dataset = prediction.dataset or "ds0"
-        directory = dataset_dir(self.out_dir, dataset)
-        source = _copyable_file(prediction)
-        name = image_file_name(prediction)
-        name = self._free_name(directory, name if source is not None else png_file_name(name))
-        (directory / "img").mkdir(parents=True, exist_ok=True)
-        (directory / "ann").mkdir(parents=True, exist_ok=True)
-        try:
-            if source is not None:
-                shutil.copyfile(source, directory / "img" / name)
-            else:
-                pixels = prediction.image
-                if pixels is None:
-                    pixels = prediction.load_image()
-                Image.fromarray(pixels).save(directory / "img" / name, format="PNG")
-        except Exception as e:  # noqa: BLE001 - any failure is reported, not raised
-            self._used[directory].discard(name)
-            self._add_error(prediction, f"could not write the image {name!r}: {e}")
-            return
-        with open(directory / "ann" / f"{name}.json", "w", encoding="utf-8") as f:
-            json.dump(annotation, f)
-        self._has_masks |= prediction.masks_rle is not None
-        if prediction.keypoints is not None and self._num_keypoints is None:
-            self._num_keypoints = int(prediction.keypoints.shape[1])
-        self._datasets[dataset] = self._datasets.get(dataset, 0) + 1
-        self.num_written += 1
-        self.num_objects += len(annotation["objects"])
-
-    def _finish(self) -> dict[str, Any]:
-        meta = self._current_meta()
-        if meta != self._meta:
-            self._meta = meta
-            self._write_meta()
-        return {"images": self.num_written, "datasets": dict(self._datasets)}
-
-    def _current_meta(self) -> dict[str, Any]:
-        task = self.task
-        if self._has_masks and task != "classification":
-            task = "instance_segmentation"  # bitmaps (and rectangles for empty masks)
-        return meta_for(self.class_names, task, self.keypoint_names, self._num_keypoints)
-
-    def _write_meta(self) -> None:
-        with open(self.out_dir / self.META_FILE, "w", encoding="utf-8") as f:
-            json.dump(self._meta, f, indent=2)
-        self._add_file(self.META_FILE)
-
-    def _free_name(self, directory: Path, name: str) -> str:
-        used = self._used.setdefault(directory, set())
-        free, k = name, 0
-        while free in used:
-            k += 1
-            free = f"{k}_{name}"
-        used.add(free)
-        return free
-
-
-def _copyable_file(prediction: Prediction) -> Path | None:
+# ---------------------------------------------------------------------- shared by exporters
+def copyable_file(prediction: Prediction) -> Path | None:
     """The prediction's local image file, when a plain copy of it shows what was predicted."""
     if prediction.path is None or prediction.frame_index is not None:
         return None
@@ -402,10 +290,9 @@ def _copyable_file(prediction: Prediction) -> Path | None:
 
 # ---------------------------------------------------------------------- Parquet
 def prediction_row(prediction: Prediction) -> dict[str, Any]:
-    """Return a prediction as a row of `engine.prediction.PREDICTION_SCHEMA`.
+    """Return a prediction as a row of `engine.schemas.PREDICTION_SCHEMA`.
 
-    The layout is the pipeline's prediction row (``engine.pipeline``'s private
-    ``_prediction_row``, replicated here): origin fields, size, error, then
+    The pipeline's prediction row (`Prediction.to_row`): origin fields, size, error, then
     `Detections.to_arrow` columns. `Prediction.from_arrow` reads it back.
 
     Args:
@@ -419,20 +306,7 @@ def prediction_row(prediction: Prediction) -> dict[str, Any]:
         [10.0, 20.0, 50.0, 80.0]
 
     """
-    return {
-        "index": prediction.index,
-        "source": prediction.source,
-        "name": prediction.name,
-        "path": prediction.path,
-        "url": prediction.url,
-        "dataset": prediction.dataset,
-        "frame_index": prediction.frame_index,
-        "timestamp": prediction.timestamp,
-        "height": prediction.height,
-        "width": prediction.width,
-        "error": prediction.error,
-        **prediction.detections.to_arrow(),
-    }
+    return prediction.to_row()
 
 
 class ParquetExporter(Exporter):
@@ -501,7 +375,7 @@ class ParquetExporter(Exporter):
 
 # ---------------------------------------------------------------------- registry
 _EXPORTERS: dict[str, type[Exporter]] = {
-    cls.format: cls for cls in (CocoExporter, JsonlExporter, ParquetExporter, SuperviselyExporter)
+    cls.format: cls for cls in (CocoExporter, JsonlExporter, ParquetExporter)
 }
 
 #: The format names `open_exporter` accepts.
@@ -518,12 +392,12 @@ def open_exporter(
     """Open a streaming exporter of predictions into a local folder.
 
     Args:
-        format: "coco", "jsonl", "parquet" or "sly" (a Supervisely project).
+        format: "coco", "jsonl", "parquet", or a format an installed platform adds
+            (`engine.plugins.export_formats`, e.g. "sly").
         out_dir: The folder to write into (created when missing).
         class_names: The model's class list.
         task: The model's task.
-        **options: The format's own options (``keypoint_names`` for "sly",
-            ``row_group_size`` for "parquet").
+        **options: The format's own options (``row_group_size`` for "parquet").
 
     Returns:
         The exporter: call ``write(prediction)`` for each prediction, then ``close()``
@@ -541,7 +415,5 @@ def open_exporter(
     """
     cls = _EXPORTERS.get(format)
     if cls is None:
-        raise ValueError(
-            f"unknown export format {format!r}; valid formats: {', '.join(EXPORT_FORMATS)}"
-        )
+        return plugins.exporter(format)(Path(out_dir), list(class_names), task, **options)
     return cls(out_dir, class_names, task, **options)

@@ -10,12 +10,15 @@ import sys
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import ray
 from tqdm.auto import tqdm
 
+from engine import plugins
+from engine.client import ModelClient
 from engine.models.base import ModelAdapter
 from engine.models.zoo import resolve_model
 from engine.outputs import OutputSpec, output_spec
@@ -30,6 +33,7 @@ from engine.session import (
     session_actor_name,
 )
 from engine.settings import ModelInfo, PredictSettings, validate_settings
+from engine.sources.fetch import MediaFetcher
 from engine.sources.items import Item
 from engine.sources.resolve import ResolvedInput, resolve_input
 from engine.sources.video_items import expand_videos, renumber_in_memory
@@ -49,7 +53,7 @@ class PredictionResults(list):
 
     Attributes:
         skipped: Files inside input directories that were not images, so not predicted.
-        outputs: Summary of each upload and export (``"upload:supervisely"``,
+        outputs: Summary of each upload and export (``"upload:<platform>"``,
             ``"export:coco"``): delivered, dead, files written...
     """
 
@@ -141,21 +145,23 @@ class ModelAPI:
 
         Args:
             input: An image or video path, a directory, an http(s) URL, a PIL image, a
-                numpy array (HWC RGB uint8; grayscale and RGBA are converted), a local
-                Supervisely project, or a list mixing these. Supervisely inputs go
-                beside it as keywords: ``project_id(s)``, ``dataset_id(s)``,
-                ``image_id(s)`` (downloaded in parallel by the decode tasks) and
-                ``video_id(s)`` (each video fetched once, then predicted with the frame
-                options); their Predictions keep the ids in ``url``
-                (``sly://images/<id>``, ``sly://videos/<id>``) and the dataset name.
+                numpy array (HWC RGB uint8; grayscale and RGBA are converted), a
+                platform's local dataset, or a list mixing these. A platform's ids go
+                beside it as the keywords that platform declares
+                (`engine.plugins.input_keywords`: e.g. ``project_id(s)``,
+                ``image_id(s)``); their images are downloaded in parallel by the decode
+                tasks, and their Predictions keep the platform's media URL in ``url``
+                and the dataset name.
             upload: Send the predictions to a platform as they come: "create",
-                "append", "replace" or "iou_merge" (what the connector supports).
-            to: The connector: "supervisely" or a `connectors.base.Connector`.
+                "append", "replace" or "iou_merge" (what the uploader supports).
+            to: The platform's name (`engine.plugins.uploader_names`) or an uploader
+                instance (`engine.plugins.Uploader`, e.g. a `Connector`).
             upload_options: The connector's options and the upload runtime's
                 (``requests_per_second``, ``max_in_flight``, ``num_uploaders``,
                 ``batch_size``, ``journal_dir``).
             out: Also write the predictions into this directory as they come.
-            format: The export's format: "jsonl" (default), "sly", "coco", "parquet".
+            format: The export's format: "jsonl" (default), "coco", "parquet", or a
+                platform's (`engine.plugins.export_formats`).
             **options: conf, batch_size, img_size, classes, recursive, progress,
                 max_pixels, url_timeout, the sliding-window and the video options (see
                 `engine.settings.SETTINGS`). Any other keyword is an error.
@@ -171,7 +177,7 @@ class ModelAPI:
             >>> preds[0].boxes, preds[0].classes  # doctest: +SKIP
         """
         # 1) settings and outputs, once, at the boundary; 2) input -> items
-        platform = _pop_platform_inputs(options)
+        platform = plugins.pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
         outputs = output_spec(upload, to, upload_options, out, format)
         job = self._resolve(input, settings, platform)
@@ -189,9 +195,9 @@ class ModelAPI:
         **options: Any,
     ) -> list[VideoAnnotation]:
         """Detect objects in videos with this model and track them (see `engine.track`)."""
-        from engine.tracker_actors import track_videos
+        from engine.tracking.actors import track_videos
 
-        platform = _pop_platform_inputs(options)
+        platform = plugins.pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
         job = self._resolve(input, settings, platform)
         not_videos = [
@@ -209,7 +215,7 @@ class ModelAPI:
             job.videos,
             dict(frames),
             tracker=tracker,
-            stride=settings.stride,
+            stride=settings.video.stride,
             reid_weights=reid_weights,
             tracker_options=tracker_options,
         )
@@ -241,7 +247,9 @@ class ModelAPI:
         )
         session = PredictionSession(core, "local", job.in_memory, remote=False)
         unit = "frame" if job.videos else "img"
-        with tqdm(total=job.num_rows, disable=not settings.progress, desc=label, unit=unit) as bar:
+        with tqdm(
+            total=job.num_rows, disable=not settings.general.progress, desc=label, unit=unit
+        ) as bar:
             for prediction in session:
                 yield prediction
                 bar.update(1)
@@ -300,7 +308,7 @@ class ModelAPI:
             )
         if not isinstance(ordered, bool):
             raise ValueError(f"ordered must be True or False, got {ordered!r}")
-        platform = _pop_platform_inputs(options)
+        platform = plugins.pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
         outputs = output_spec(upload, to, upload_options, out, format)
         resolved = self._resolve(input, settings, platform)
@@ -340,15 +348,16 @@ class ModelAPI:
         self,
         input: Any,  # noqa: A002
         settings: PredictSettings,
-        platform: dict[str, list[int]] | None = None,
+        platform: dict[str, dict[str, list[Any]]] | None = None,
     ) -> _Job:
         if input is None and not platform:
+            keywords = ", ".join(sorted(plugins.input_keywords())) or "none installed"
             raise ValueError(
-                "nothing to predict: pass input= (paths, URLs, images) or Supervisely ids "
-                f"({', '.join(PLATFORM_INPUTS)})"
+                "nothing to predict: pass input= (paths, URLs, images) or a platform's ids "
+                f"({keywords})"
             )
         resolved = (
-            resolve_input(input, recursive=settings.recursive)
+            resolve_input(input, recursive=settings.general.recursive)
             if input is not None
             else ResolvedInput()
         )
@@ -356,8 +365,8 @@ class ModelAPI:
             logger.warning("skipped %d non-image file(s)", len(resolved.skipped))
         fetch, sources = None, {}
         if platform:
-            fetch, sources = _add_supervisely_items(resolved.items, platform)
-        expanded = expand_videos(resolved.items, settings.frames)
+            fetch, sources = _add_platform_items(resolved.items, platform)
+        expanded = expand_videos(resolved.items, settings.video)
         return _Job(
             expanded.items,
             resolved.skipped,
@@ -419,63 +428,37 @@ class _Job:
         return sum(item.num_rows for item in self.items)
 
 
-#: Supervisely inputs that predict, predict_detached and track take besides ``input``.
-PLATFORM_INPUTS = (
-    "project_id",
-    "project_ids",
-    "dataset_id",
-    "dataset_ids",
-    "image_id",
-    "image_ids",
-    "video_id",
-    "video_ids",
-)
+def _add_platform_items(
+    items: list[Item], ids: dict[str, dict[str, list[Any]]]
+) -> tuple[MediaFetcher | None, dict[str, Any]]:
+    """Ask each platform for the media its ids stand for; append them as items.
 
-
-def _pop_platform_inputs(options: dict[str, Any]) -> dict[str, list[int]]:
-    """Take the Supervisely id keywords out of ``options``, as lists of ints by plural key."""
-    found: dict[str, list[int]] = {}
-    for key in PLATFORM_INPUTS:
-        if key not in options:
-            continue
-        value = options.pop(key)
-        values = list(value) if isinstance(value, (list, tuple, set)) else [value]
-        for ident in values:
-            if isinstance(ident, bool) or not isinstance(ident, int) or ident < 0:
-                raise ValueError(f"{key} must be a Supervisely id (an int >= 0), got {ident!r}")
-        plural = key if key.endswith("s") else key + "s"
-        found.setdefault(plural, []).extend(int(i) for i in values)
-    return found
-
-
-def _add_supervisely_items(
-    items: list[Item], platform: dict[str, list[int]]
-) -> tuple[Any, dict[str, Any]]:
-    """List the Supervisely images and fetch the videos; append them as items."""
-    from connectors.supervisely import resolve_supervisely_inputs
-
-    inputs = resolve_supervisely_inputs(**platform)
-    for image in inputs.images:
-        items.append(
-            Item(
-                index=len(items),
-                source="supervisely",
-                name=image["name"],
-                url=image["url"],
-                dataset=image["dataset"],
+    Returns:
+        The fetcher of the platforms' media (for the decode tasks) and what the inputs
+        came from (for an upload's ``create``; one platform's, or by platform name).
+    """
+    fetchers: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
+    for name, keywords in ids.items():
+        platform = plugins.platform(name)
+        inputs = platform.resolve_inputs(keywords)
+        for ref in inputs.refs:
+            source = "video" if ref.video else platform.name
+            items.append(
+                Item(
+                    index=len(items),
+                    source=source,
+                    name=ref.name,
+                    path=ref.path,
+                    url=ref.url,
+                    dataset=ref.dataset,
+                )
             )
-        )
-    for video in inputs.videos:
-        items.append(
-            Item(
-                index=len(items),
-                source="video",
-                name=video["name"],
-                path=video["path"],
-                url=video["url"],
-            )
-        )
-    return inputs.fetcher, inputs.sources
+        if inputs.fetch is not None and platform.url_scheme:
+            fetchers[platform.url_scheme] = inputs.fetch
+        sources[platform.name] = inputs.sources
+    only = next(iter(sources.values())) if len(sources) == 1 else sources
+    return (MediaFetcher(fetchers) if fetchers else None), only
 
 
 def deploy(
@@ -529,8 +512,8 @@ def _ship_user_code(adapter_class: type) -> None:
     file = getattr(module, "__file__", None)
     if module is None or file is None or module.__name__ == "__main__":
         return
-    if module.__name__.split(".")[0] in ("engine", "serve", "connectors"):
-        return
+    if module.__name__.split(".")[0] in metadata.packages_distributions():
+        return  # an installed distribution's module (this one's too): workers import it
     if any(part in Path(file).parts for part in ("site-packages", "dist-packages")):
         return
     ray.cloudpickle.register_pickle_by_value(module)
@@ -605,7 +588,7 @@ def track(
 
     Returns:
         For one video file, its `VideoAnnotation` (per-frame Predictions with
-        ``track_ids``; ``to_supervisely()``, ``to_mot()``, ``save(dir)``); for a list or
+        ``track_ids``; ``to_format(name)``, ``to_mot()``, ``save(dir)``); for a list or
         a directory, one per video, in order. A video that cannot be read gives an
         annotation whose ``error`` says why.
 
@@ -629,21 +612,28 @@ def track(
     return annotations
 
 
-def connect(url: str, token: str | None = None, **options: Any) -> Any:
-    """Connect to a running Tessera server (``tessera serve``); see `serve.client.connect`.
+def connect(url: str, token: str | None = None, **options: Any) -> ModelClient:
+    """Connect to a model served elsewhere: the first installed client that takes ``url``.
+
+    The clients plug in through `engine.plugins` (entry points ``tessera.clients``); the
+    server's (``tessera serve``) take a base URL, ``http://127.0.0.1:8000``, or, from
+    inside the Ray cluster, a Serve application's name, ``"tessera"``.
 
     Args:
-        url: The server's base URL, e.g. ``http://127.0.0.1:8000``.
-        token: Its bearer token, when it requires one.
-        **options: ``timeout`` (seconds per answer), ``max_concurrency``.
+        url: What to connect to: a server's URL, an application's name.
+        token: The bearer token, when the server requires one.
+        **options: The client's options, e.g. ``timeout`` (seconds per answer) and, over
+            HTTP, ``max_concurrency`` (requests in flight).
 
     Returns:
-        A `serve.client.RemoteModel`: ``predict``, ``predict_detached``, ``classes``,
-        ``task``, with the same Prediction objects as a deployed model.
+        A `engine.client.ModelClient`: ``predict``, ``predict_detached``, ``info``,
+        ``classes``, ``task``, ``close``, with the same Prediction objects as a deployed
+        model.
+
+    Raises:
+        engine.plugins.PluginError: No installed client takes ``url``.
 
     Example:
         >>> model = engine.connect("http://127.0.0.1:8000", token="secret")  # doctest: +SKIP
     """
-    from serve.client import connect as connect_http  # serve is reached only here
-
-    return connect_http(url, token, **options)
+    return plugins.client_for(url).connect(url, token, **options)

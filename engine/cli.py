@@ -1,4 +1,9 @@
-"""The `tessera` command line: models, predict, track, upload --resume, serve."""
+"""The `tessera` command line: models, predict, track, and the plug-ins' subcommands.
+
+Subcommands such as ``tessera serve`` and ``tessera upload`` come from the packages that
+register them (`engine.plugins.commands`); a platform's id inputs become ``predict``
+flags (``--project-id``) from the keywords it declares.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.outputs import EXPORT_FORMATS, UPLOAD_MODES
+from engine import plugins
+from engine.outputs import DEFAULT_EXPORT_FORMAT, UPLOAD_MODES
 from engine.settings import SETTINGS
-from serve.cli import add_serve_command, run_serve
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,26 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "inputs", nargs="*", help="image and video files, directories, URLs, projects"
     )
-    for kind in ("project", "dataset", "image", "video"):
+    for keyword, help_text in _platform_flags().items():
         predict.add_argument(
-            f"--{kind}-id",
-            dest=f"{kind}_ids",
+            "--" + keyword.removesuffix("s").replace("_", "-"),
+            dest=keyword,
             type=int,
             action="append",
             default=[],
-            help=f"a Supervisely {kind} to predict (repeatable)",
+            help=help_text,
         )
     predict.add_argument("--visualize", action="store_true", help="also write drawn images")
     predict.add_argument(
         "--format",
-        default="jsonl",
-        choices=EXPORT_FORMATS,
+        default=DEFAULT_EXPORT_FORMAT,
+        choices=plugins.export_formats(),
         help="how --out holds the predictions (default jsonl: predictions.jsonl)",
     )
     predict.add_argument(
         "--upload", default=None, choices=UPLOAD_MODES, help="also upload to --to in this mode"
     )
-    predict.add_argument("--to", default=None, help="connector to upload to: supervisely")
+    predict.add_argument(
+        "--to",
+        default=None,
+        help="platform to upload to: " + (", ".join(plugins.uploader_names()) or "none installed"),
+    )
     predict.add_argument(
         "--upload-option",
         action="append",
@@ -60,11 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_and_settings(predict)
 
-    upload = commands.add_parser("upload", help="resume an upload job from its journal")
-    upload.add_argument("--resume", required=True, metavar="JOB", help="the job id to resume")
-    upload.add_argument("--journal-dir", default=None, help="where journals are kept")
-
-    add_serve_command(commands)
+    for command in plugins.commands().values():
+        command.add_arguments(commands.add_parser(command.name, help=command.help))
 
     track = commands.add_parser("track", help="detect and track objects through videos")
     track.add_argument("inputs", nargs="+", help="video files or directories of videos")
@@ -75,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     track.add_argument("--no-video", action="store_true", help="skip the annotated video")
     _add_model_and_settings(track)
     return parser
+
+
+def _platform_flags() -> dict[str, str]:
+    """Each platform's plural id keyword -> its help text, for a repeatable ``--<id>``."""
+    flags: dict[str, str] = {}
+    for platform in plugins.platforms().values():
+        flags.update(platform.input_keywords)
+    return flags
 
 
 def _add_model_and_settings(command: argparse.ArgumentParser) -> None:
@@ -101,14 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
 
     try:
-        if args.command == "serve":
-            return run_serve(args)
+        if args.command in plugins.commands():
+            return plugins.commands()[args.command].run(args)
         if args.command == "models":
             return _models()
         if args.command == "track":
             return _track(args)
-        if args.command == "upload":
-            return _resume_upload(args)
         return _predict(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"tessera: error: {exc}", file=sys.stderr)
@@ -161,9 +173,9 @@ def _predict(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     model = _deploy(args, options)
     inputs = (args.inputs if len(args.inputs) > 1 else args.inputs[0]) if args.inputs else None
-    for kind in ("project", "dataset", "image", "video"):
-        if getattr(args, f"{kind}_ids"):
-            options[f"{kind}_ids"] = getattr(args, f"{kind}_ids")
+    for keyword in _platform_flags():
+        if getattr(args, keyword):
+            options[keyword] = getattr(args, keyword)
     outputs = {"out": args.out, "format": args.format}
     if args.upload or args.to:
         outputs.update(
@@ -210,30 +222,6 @@ def _key_values(pairs: Sequence[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             options[key] = value
     return options
-
-
-def _resume_upload(args: argparse.Namespace) -> int:
-    import ray
-
-    from connectors import get_connector
-    from connectors.journal import Journal
-    from connectors.runtime import UploadJob
-    from engine.runtime import ensure_ray
-
-    with Journal.load(args.resume, args.journal_dir) as journal:
-        meta = journal.meta
-    started_here = not ray.is_initialized()
-    ensure_ray(None)
-    try:
-        connector = get_connector(meta["connector"])
-        connector.validate()
-        job = UploadJob.resume(args.resume, connector, root=args.journal_dir)
-        summary = job.finish()
-    finally:
-        if started_here:
-            ray.shutdown()
-    print(json.dumps(summary, default=str))
-    return EXIT_ITEMS_FAILED if summary.get("dead") else EXIT_OK
 
 
 def _track(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def predict_images(
     adapter: ModelAdapter, images: Sequence[np.ndarray | BandSource], settings: PredictSettings
 ) -> list[ImageResult]:
-    """Predict every image, in micro-batches of ``settings.batch_size``.
+    """Predict every image, in micro-batches of ``settings.general.batch_size``.
 
     1) resize each image to ``img_size`` when one is set;
     2) run the adapter over micro-batches; if a batch fails, run its images one by one so
@@ -55,18 +55,19 @@ def predict_images(
     Returns:
         One ImageResult per image, in order.
     """
-    if settings.sliding_window:
+    if settings.tiling.sliding_window:
         return predict_images_tiled(adapter, images, settings)
     if any(isinstance(image, BandSource) for image in images):
         raise TypeError("images read in bands (BandSource) are only predicted in tiles")
     results: list[ImageResult] = []
-    for start in range(0, len(images), settings.batch_size):
-        originals = list(images[start : start + settings.batch_size])
+    for start in range(0, len(images), settings.general.batch_size):
+        originals = list(images[start : start + settings.general.batch_size])
         inputs = [
-            resize_image(im, settings.img_size) if settings.img_size else im for im in originals
+            resize_image(im, settings.general.img_size) if settings.general.img_size else im
+            for im in originals
         ]
         for original, model_input, outcome in zip(
-            originals, inputs, _infer_isolating_failures(adapter, inputs, settings.conf)
+            originals, inputs, _infer_isolating_failures(adapter, inputs, settings.general.conf)
         ):
             if isinstance(outcome, str):
                 results.append(ImageResult(None, outcome))
@@ -102,8 +103,10 @@ def predict_images_tiled(
             views.append(None)
     # 1) + 2) crops are cut lazily, so a band is dropped once its tiles are predicted
     parts: list[list[Detections]] = [[] for _ in images]
-    for chunk in _batched(_crops(views, settings, errors), settings.batch_size):
-        outcomes = _infer_isolating_failures(adapter, [c.pixels for c in chunk], settings.conf)
+    for chunk in _batched(_crops(views, settings, errors), settings.general.batch_size):
+        outcomes = _infer_isolating_failures(
+            adapter, [c.pixels for c in chunk], settings.general.conf
+        )
         for crop, outcome in zip(chunk, outcomes):
             if isinstance(outcome, str):
                 errors.setdefault(crop.index, outcome)
@@ -119,10 +122,10 @@ def predict_images_tiled(
             continue
         merged = merge_detections(
             Detections.merge(parts[index]),
-            method=settings.merge,
-            metric=settings.merge_metric,
-            threshold=settings.merge_threshold,
-            class_agnostic=settings.class_agnostic,
+            method=settings.tiling.merge,
+            metric=settings.tiling.merge_metric,
+            threshold=settings.tiling.merge_threshold,
+            class_agnostic=settings.tiling.class_agnostic,
         )
         # 4) back into original pixels
         (h, w), (mh, mw) = view.original_size, (view.height, view.width)
@@ -157,7 +160,7 @@ class _TiledView:
     def __init__(self, image: np.ndarray | BandSource, settings: PredictSettings) -> None:
         self.image = image
         self.original_size = tuple(image.shape[:2])
-        size = settings.img_size
+        size = settings.general.img_size
         if isinstance(image, BandSource):
             self.reader: BandReader | None = BandReader(image, size)
             self.array: np.ndarray | None = None
@@ -187,7 +190,9 @@ def _crops(
     for index, view in enumerate(views):
         if view is None:
             continue
-        tiles = tile_grid(view.height, view.width, settings.window_size, settings.overlap)
+        tiles = tile_grid(
+            view.height, view.width, settings.tiling.window_size, settings.tiling.overlap
+        )
         rows: dict[int, list] = {}
         for tile in tiles:
             rows.setdefault(tile.y, []).append(tile)
@@ -199,8 +204,8 @@ def _crops(
                 for tile in row:
                     pixels = band[:, tile.x : tile.x + tile.width]
                     yield _Crop(index, tile.x, tile.y, pixels, view.height, view.width)
-            if settings.full_image and index not in errors:
-                whole = view.whole(max(settings.window_size))
+            if settings.tiling.full_image and index not in errors:
+                whole = view.whole(max(settings.tiling.window_size))
                 scale = (view.width / whole.shape[1], view.height / whole.shape[0])
                 yield _Crop(index, 0, 0, whole, view.height, view.width, scale)
         except ImageLoadError as exc:
@@ -219,9 +224,9 @@ def _batched(crops: Iterator[_Crop], size: int) -> Iterator[list[_Crop]]:
 
 
 def _filtered(detections: Detections, settings: PredictSettings) -> Detections:
-    detections = detections.with_min_score(settings.conf)
-    if settings.class_idxs is not None:
-        detections = detections.with_classes(settings.class_idxs)
+    detections = detections.with_min_score(settings.general.conf)
+    if settings.general.class_idxs is not None:
+        detections = detections.with_classes(settings.general.class_idxs)
     return detections
 
 

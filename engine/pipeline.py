@@ -19,34 +19,13 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from engine.detections import Detections
 from engine.inference import ImageResult
-from engine.prediction import PREDICTION_SCHEMA
+from engine.item_prediction import decode_items, item_prediction, predict_decoded
+from engine.schemas import ITEM_SCHEMA, PREDICTION_SCHEMA
 from engine.settings import PredictSettings
-from engine.sources.bands import BandSource, band_source_for
-from engine.sources.decode import ImageLoadError, decode_item
 from engine.sources.items import Item
 from engine.sources.video import DecodedFrame, decode_segment
 from engine.sources.video_items import segment_of
-
-#: Arrow schema of an input item row (see `engine.sources.items.Item.to_row`).
-ITEM_SCHEMA = pa.schema(
-    [
-        pa.field("index", pa.int64()),
-        pa.field("source", pa.string()),
-        pa.field("name", pa.string()),
-        pa.field("path", pa.string()),
-        pa.field("url", pa.string()),
-        pa.field("dataset", pa.string()),
-        pa.field("pixels", pa.large_binary()),
-        pa.field("shape", pa.list_(pa.int64())),
-        pa.field("error", pa.string()),
-        pa.field("frames", pa.list_(pa.int64())),
-        pa.field("seek_frame", pa.int64()),
-        pa.field("seek_pts", pa.int64()),
-        pa.field("last_frame", pa.int64()),
-    ]
-)
 
 #: CPU share reserved for each decode task; the blocking wait on a model worker is free.
 DECODE_TASK_CPUS = 0.5
@@ -67,7 +46,7 @@ def plan_predictions(
         workers: Handles of deployed `ModelWorker` actors.
         settings: Validated settings.
         videos: Path -> `VideoInfo` (or an object reference to one) of each video.
-        fetch: Downloads platform images (``sly://`` URLs), e.g. a Supervisely fetcher.
+        fetch: Downloads platform media by URL (`engine.sources.fetch.MediaFetcher`).
 
     Returns:
         A Dataset whose rows follow `PREDICTION_SCHEMA`, one per image and one per
@@ -103,7 +82,7 @@ def _block_bounds(items: list[Item], settings: PredictSettings) -> list[tuple[in
                 bounds.append((start, position))
             bounds.append((position, position + 1))
             start = position + 1
-        elif position + 1 - start == settings.batch_size:
+        elif position + 1 - start == settings.general.batch_size:
             bounds.append((start, position + 1))
             start = position + 1
     if start < len(items):
@@ -122,34 +101,14 @@ def predict_batch(
     items = [Item.from_row(row) for row in batch.to_pylist()]
     if len(items) == 1 and items[0].frames is not None:
         return predict_segment(items[0], workers, settings, (videos or {}).get(items[0].path))
-    # 1) decode; a failure stays with its item
-    images: dict[int, np.ndarray | BandSource] = {}
-    errors: dict[int, str] = {}
-    for position, item in enumerate(items):
-        try:
-            images[position] = _band_source(item, settings) or decode_item(
-                item, settings.max_pixels, settings.url_timeout, fetch
-            )
-        except ImageLoadError as exc:
-            errors[position] = str(exc)
-        except Exception as exc:  # an unexpected decoder failure must not lose the batch
-            errors[position] = f"{item.name}: cannot decode image: {type(exc).__name__}: {exc}"
-    # 2) predict the decoded images on one worker, spreading batches over the workers
-    results: dict[int, ImageResult] = {}
-    if images:
-        worker = workers[(items[0].index // settings.batch_size) % len(workers)]
-        positions = list(images)
-        outputs = ray.get(worker.predict.remote([images[p] for p in positions], settings))
-        results = dict(zip(positions, outputs))
-    # 3) exactly one row per item
-    rows = []
-    for position, item in enumerate(items):
-        image = images.get(position)
-        result = results.get(position)
-        error = errors.get(position) or (result.error if result else None)
-        detections = result.detections if result and result.detections else Detections.empty()
-        rows.append(_prediction_row(item, image, detections, error))
-    return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
+    # 1) decode, a failure staying with its item; 2) predict on one worker, spreading
+    #    batches over the workers; 3) exactly one row per item
+    worker = workers[(items[0].index // settings.general.batch_size) % len(workers)]
+    predictions = predict_decoded(
+        decode_items(items, settings, fetch, in_bands=True),
+        lambda images: ray.get(worker.predict.remote(images, settings)),
+    )
+    return pa.Table.from_pylist([p.to_row() for p in predictions], schema=PREDICTION_SCHEMA)
 
 
 def predict_segment(
@@ -163,15 +122,13 @@ def predict_segment(
     if isinstance(info, ray.ObjectRef):
         info = ray.get(info)
     if item.error is not None:  # frames the file does not hold
-        rows = []
-        for offset, frame_index in enumerate(item.frames or ()):
-            row = _prediction_row(item, None, Detections.empty(), item.error)
-            row.update(index=item.index + offset, frame_index=frame_index)
-            if info is not None:
-                row.update(height=info.height, width=info.width)
-            rows.append(row)
+        failed = ImageResult(None, item.error)
+        rows = [
+            _frame_row(item, offset, frame_index, None, None, failed, info)
+            for offset, frame_index in enumerate(item.frames or ())
+        ]
         return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
-    first_worker = item.index // settings.batch_size
+    first_worker = item.index // settings.general.batch_size
     results: list[tuple[DecodedFrame, ImageResult | None]] = []
     pending: list[int] = []  # positions in results waiting for the model
     in_flight: list[tuple[list[int], Any]] = []
@@ -195,7 +152,7 @@ def predict_segment(
         results.append((frame, None))
         if frame.image is not None:
             pending.append(len(results) - 1)
-        if len(pending) == settings.batch_size:
+        if len(pending) == settings.general.batch_size:
             submit()
             collect(keep=1)  # decode the next batch while this one is predicted
     if pending:
@@ -203,40 +160,29 @@ def predict_segment(
     collect(keep=0)
     rows = []
     for offset, (frame, result) in enumerate(results):
-        error = frame.error or (result.error if result else None)
-        detections = result.detections if result and result.detections else Detections.empty()
-        row = _prediction_row(item, frame.image, detections, error)
-        row.update(
-            index=item.index + offset, frame_index=frame.frame_index, timestamp=frame.timestamp
+        outcome = result or ImageResult(None, frame.error)
+        row = _frame_row(
+            item, offset, frame.frame_index, frame.timestamp, frame.image, outcome, info
         )
-        if frame.image is None and info is not None:
-            row.update(height=info.height, width=info.width)
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=PREDICTION_SCHEMA)
 
 
-def _band_source(item: Item, settings: PredictSettings) -> BandSource | None:
-    """A large local file to be tiled is read by the worker in bands, not decoded here."""
-    if not settings.sliding_window or item.error or item.path is None or item.in_memory:
-        return None
-    return band_source_for(item.path, item.name, settings.max_pixels)
-
-
-def _prediction_row(
-    item: Item, image: np.ndarray | BandSource | None, detections: Detections, error: str | None
+def _frame_row(
+    item: Item,
+    offset: int,
+    frame_index: int,
+    timestamp: float | None,
+    image: np.ndarray | None,
+    result: ImageResult,
+    info: Any,
 ) -> dict[str, Any]:
-    height, width = image.shape[:2] if image is not None else (0, 0)
-    return {
-        "index": item.index,
-        "source": item.source,
-        "name": item.name,
-        "path": item.path,
-        "url": item.url,
-        "dataset": item.dataset,
-        "frame_index": None,
-        "timestamp": None,
-        "height": height,
-        "width": width,
-        "error": error,
-        **detections.to_arrow(),
-    }
+    """The prediction row of a segment's frame; a frame without image takes the video's size."""
+    if image is not None:
+        size = image.shape[:2]
+    else:
+        size = (info.height, info.width) if info is not None else (0, 0)
+    prediction = item_prediction(item, result, size)
+    prediction.index = item.index + offset
+    prediction.frame_index, prediction.timestamp = frame_index, timestamp
+    return prediction.to_row()

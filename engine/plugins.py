@@ -16,7 +16,7 @@ reported by name when it is asked for, and never hides the others.
 Example:
     >>> from engine import plugins
     >>> sorted(plugins.export_formats())             # doctest: +SKIP
-    ['coco', 'jsonl', 'parquet', 'sly']
+    ['coco', 'jsonl', 'parquet']
 """
 
 from __future__ import annotations
@@ -47,6 +47,18 @@ COMMAND_GROUP = "tessera.commands"
 
 class PluginError(ValueError):
     """An unknown plug-in or format; the message lists the installed ones."""
+
+
+class LocalDatasetError(ValueError):
+    """A folder has a platform's local layout, but the platform cannot read it.
+
+    Attributes:
+        platform: The platform whose layout it is.
+    """
+
+    def __init__(self, platform: Platform, message: str) -> None:
+        super().__init__(message)
+        self.platform = platform
 
 
 # --------------------------------------------------------------------------- interfaces
@@ -174,7 +186,9 @@ class Platform:
         acme = "acme_tessera.plugin:PLATFORM"
 
     Attributes:
-        name: The platform's name: ``to=NAME`` and ``format=NAME``-style lookups use it.
+        name: The platform's name: ``to=NAME`` and ``format=NAME``-style lookups use it;
+            also the ``source`` of its items' Predictions.
+        title: How messages name it ("Acme"); the name when not set.
         input_keywords: Keywords `predict` takes for this platform's ids, plural form ->
             help text (``{"project_ids": "a project to predict"}``); the singular
             (``project_id``) is accepted too, and the CLI gets ``--project-id``.
@@ -185,6 +199,7 @@ class Platform:
     """
 
     name: str = ""
+    title: str = ""
     input_keywords: Mapping[str, str] = {}
     url_scheme: str | None = None
     default_annotation: bool = False
@@ -197,7 +212,9 @@ class Platform:
         values = list(value) if isinstance(value, (list, tuple, set)) else [value]
         for ident in values:
             if isinstance(ident, bool) or not isinstance(ident, int) or ident < 0:
-                raise ValueError(f"{keyword} must be a {self.name} id (an int >= 0), got {ident!r}")
+                raise ValueError(
+                    f"{keyword} must be a {self.title or self.name} id (an int >= 0), got {ident!r}"
+                )
         return [int(i) for i in values]
 
     def resolve_inputs(self, ids: dict[str, list[Any]]) -> PlatformInputs:
@@ -371,9 +388,16 @@ def platform_for_url(url: str) -> Platform | None:
 
 
 def read_local_dataset(directory: Path) -> tuple[Platform, list[InputRef]] | None:
-    """The platform whose local layout ``directory`` has, with its media; None if none."""
+    """The platform whose local layout ``directory`` has, with its media; None if none.
+
+    Raises:
+        LocalDatasetError: The layout is a platform's, but that platform cannot read it.
+    """
     for plugin in platforms().values():
-        refs = plugin.read_local(directory)
+        try:
+            refs = plugin.read_local(directory)
+        except ValueError as exc:
+            raise LocalDatasetError(plugin, str(exc)) from exc
         if refs is not None:
             return plugin, refs
     return None

@@ -7,30 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from engine import masks as mask_utils
-from engine.detections import DETECTIONS_ARROW_FIELDS, Detections
-
-#: Arrow schema of a prediction row, as the pipeline produces it.
-PREDICTION_SCHEMA = pa.schema(
-    [
-        pa.field("index", pa.int64()),
-        pa.field("source", pa.string()),
-        pa.field("name", pa.string()),
-        pa.field("path", pa.string()),
-        pa.field("url", pa.string()),
-        pa.field("dataset", pa.string()),
-        pa.field("frame_index", pa.int64()),
-        pa.field("timestamp", pa.float64()),
-        pa.field("height", pa.int64()),
-        pa.field("width", pa.int64()),
-        pa.field("error", pa.string()),
-        *DETECTIONS_ARROW_FIELDS,
-    ]
-)
-
-_ORIGIN_FIELDS = ("source", "name", "path", "url", "dataset", "frame_index", "timestamp")
+from engine.detections import Detections
+from engine.schemas import PREDICTION_FIELDS
 
 
 @dataclass
@@ -40,11 +19,12 @@ class Prediction:
     Attributes:
         detections: The objects found, in original-image pixels.
         class_names: The model's class list (``class_idxs`` index into it).
-        source: What the item came from: "file", "url", "array", "pil", "supervisely".
+        source: What the item came from: "file", "url", "array", "pil", "video", or the
+            name of the platform it came from.
         name: The item's display name (file name, URL's last part, ``array_3``...).
         path: Local file path, when the item is a file.
         url: The URL, when the item was fetched over HTTP(S).
-        dataset: Dataset name, when the item came from a Supervisely project.
+        dataset: Dataset name, when the item came from a platform's dataset or project.
         frame_index: Source frame index for video frames, else None.
         timestamp: Frame time in seconds for video frames, else None.
         height: Original image height in pixels (0 when the image could not be read).
@@ -127,10 +107,20 @@ class Prediction:
 
     @property
     def annotation(self) -> dict:
-        """This prediction as a Supervisely annotation JSON dict (see FORMATS.md)."""
-        from engine.annotation import prediction_to_supervisely
+        """This prediction in the default annotation format (`to_annotation`)."""
+        return self.to_annotation()
 
-        return prediction_to_supervisely(self, task=self.task)
+    def to_annotation(self, format: str | None = None) -> dict:  # noqa: A002
+        """This prediction as a platform's annotation JSON dict.
+
+        Args:
+            format: An installed annotation format (`engine.plugins.annotation_formats`);
+                None gives the default one, that of the platform that declares itself
+                the default.
+        """
+        from engine import plugins
+
+        return plugins.annotation_format(format).encode(self)
 
     # ------------------------------------------------------------------ images
     def load_image(self) -> np.ndarray:
@@ -145,12 +135,12 @@ class Prediction:
             from engine.sources.video import load_frame
 
             return load_frame(self.path, self.frame_index)
-        if self.url is not None and self.url.startswith("sly://"):
-            from connectors.supervisely import SuperviselyFetcher  # a platform image
-            from engine.sources.decode import decode_image_bytes
+        from engine import plugins
+        from engine.sources.decode import decode_image_bytes, load_image
 
-            return decode_image_bytes(SuperviselyFetcher()(self.url), self.name)
-        from engine.sources.decode import load_image
+        platform = plugins.platform_for_url(self.url) if self.path is None and self.url else None
+        if platform is not None:  # a platform's media, fetched by that platform
+            return decode_image_bytes(platform.fetcher()(self.url), self.name)
 
         if self.path is not None:
             return load_image(self.path)
@@ -197,39 +187,43 @@ class Prediction:
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict: origin, size, error and every object."""
-        out: dict[str, Any] = {f: getattr(self, f) for f in _ORIGIN_FIELDS}
-        out.update(
-            index=self.index,
-            height=self.height,
-            width=self.width,
-            error=self.error,
-            boxes=np.round(self.boxes.astype(np.float64), 2).tolist(),
-            scores=np.round(self.scores.astype(np.float64), 4).tolist(),
-            classes=self.classes,
-            class_idxs=self.class_idxs.tolist(),
-        )
-        if self.masks_rle is not None:
-            out["masks"] = [mask_utils.rle_to_json(m) for m in self.masks_rle]
-        if self.keypoints is not None:
-            out["keypoints"] = np.round(self.keypoints.astype(np.float64), 2).tolist()
-        if self.track_ids is not None:
-            out["track_ids"] = self.track_ids.tolist()
-        return out
+        """Return a JSON-serialisable dict: origin, size, error and every object.
+
+        Coordinates are rounded to 2 decimals and scores to 4; see
+        `engine.prediction_json.prediction_to_json` for the lossless form.
+        """
+        from engine.prediction_json import prediction_to_json
+
+        return prediction_to_json(self, rounded=True, self_contained=False)
+
+    def to_row(self) -> dict[str, Any]:
+        """Return this prediction as a row of `PREDICTION_SCHEMA` (`from_arrow` reads it).
+
+        Example:
+            >>> p = Prediction(Detections([[1, 2, 3, 4]], [0.9], [0]), ["cat"], name="a.png")
+            >>> row = p.to_row()
+            >>> row["name"], row["xyxy"], Prediction.from_arrow(row, ["cat"]).classes
+            ('a.png', [1.0, 2.0, 3.0, 4.0], ['cat'])
+        """
+        return {
+            **{name: getattr(self, name) for name in PREDICTION_FIELDS},
+            **self.detections.to_arrow(),
+        }
 
     @classmethod
     def from_arrow(
         cls, row: dict[str, Any], class_names: list[str], task: str = "detection"
     ) -> Prediction:
         """Build a Prediction from a row of `PREDICTION_SCHEMA`."""
-        height, width = int(row.get("height") or 0), int(row.get("width") or 0)
-        return cls(
-            detections=Detections.from_arrow(row, height, width),
-            class_names=class_names,
-            height=height,
-            width=width,
-            error=row.get("error"),
+        fields = {name: row.get(name) for name in PREDICTION_FIELDS}
+        fields.update(
             index=int(row["index"]),
+            height=int(row.get("height") or 0),
+            width=int(row.get("width") or 0),
+        )
+        return cls(
+            detections=Detections.from_arrow(row, fields["height"], fields["width"]),
+            class_names=class_names,
             task=task,
-            **{f: row.get(f) for f in _ORIGIN_FIELDS},
+            **fields,
         )

@@ -75,7 +75,7 @@ class SessionCore:
         outputs: Uploads and exports that take each block of predictions as it finishes
             (see `engine.outputs`); their summaries appear in `status` under "outputs".
         job_id: Names the job's upload journal.
-        fetch: Downloads platform images (``sly://`` URLs) in the decode tasks.
+        fetch: Downloads platform media (their own URL schemes) in the decode tasks.
         sources: Where the inputs came from (platform ids), for uploads.
     """
 
@@ -139,8 +139,8 @@ class SessionCore:
             if hasattr(self._fetch, "open"):
                 limits = self._output_spec.upload_options if self._output_spec else {}
                 self._fetch = self._fetch.open(
-                    limits.get("requests_per_second", DEFAULT_DOWNLOAD_RPS),
-                    limits.get("max_in_flight", DEFAULT_DOWNLOAD_IN_FLIGHT),
+                    requests_per_second=limits.get("requests_per_second", DEFAULT_DOWNLOAD_RPS),
+                    max_in_flight=limits.get("max_in_flight", DEFAULT_DOWNLOAD_IN_FLIGHT),
                 )
             if self._output_spec is not None:
                 self._set_message("preparing the outputs")
@@ -201,7 +201,7 @@ class SessionCore:
         if self._pace_batches is None:
             yield items
             return
-        size = self._pace_batches * self._settings.batch_size  # prediction rows per plan
+        size = self._pace_batches * self._settings.general.batch_size  # prediction rows per plan
         chunk: list[Item] = []
         rows = 0
         for item in items:

@@ -30,7 +30,7 @@ def class_color(index: int) -> tuple[int, int, int]:
     """Return the fixed, distinct RGB color of a class index.
 
     Hues step by the golden ratio, so neighbouring indices get far-apart colors; the
-    same index always gives the same color (also used for Supervisely meta colors).
+    same index always gives the same color (platform formats use it for class colors too).
 
     Args:
         index: A class index (any int; negative indices are allowed).

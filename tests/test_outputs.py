@@ -12,10 +12,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scenes import draw_scene, random_boxes
 
-from engine.annotation import supervisely_to_detections
+from connectors.supervisely.annotation import supervisely_to_detections
+from connectors.supervisely.project import read_project
 from engine.cli import main
 from engine.models.reference import COLORS
-from engine.sources.supervisely_project import read_project
 
 CLASSES = list(COLORS)
 

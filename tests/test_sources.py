@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageFile
 
+from connectors.supervisely.project import is_supervisely_project, read_project
 from engine.sources import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -27,7 +28,6 @@ from engine.sources import (
     resolve_input,
 )
 from engine.sources.decode import decode_image_bytes, fetch_url
-from engine.sources.supervisely_project import is_supervisely_project, read_project
 
 
 # --------------------------------------------------------------------------- helpers

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import masks as mask_utils
-from engine.annotation import (
+from connectors.supervisely.annotation import (
     bitmap_to_mask,
     box_to_rectangle,
     mask_to_bitmap,
@@ -18,6 +17,7 @@ from engine.annotation import (
     supervisely_meta,
     supervisely_to_detections,
 )
+from engine import masks as mask_utils
 from engine.detections import Detections
 from engine.prediction import Prediction
 

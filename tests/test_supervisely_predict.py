@@ -14,7 +14,7 @@ from sly_standin import SuperviselyStandin
 from videos import write_video
 
 import engine
-from engine.annotation import supervisely_to_detections
+from connectors.supervisely.annotation import supervisely_to_detections
 from engine.cli import main
 from engine.models.reference import COLORS
 

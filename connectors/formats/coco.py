@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from connectors.formats.supervisely import image_file_name
+from connectors.formats.names import image_file_name
 from engine import masks as mask_utils
 from engine.prediction import Prediction
 

@@ -1,64 +1,41 @@
-"""Supervisely annotation JSON and project meta, at the connectors' edge (FORMATS.md).
+"""Supervisely project meta and annotations as a project writer and the uploader need them.
 
-The converters themselves live in `engine.annotation`; this module re-exports them under
-the connectors' names and adds what a writer of projects (and the uploader) needs:
+The image annotation converters are in `connectors.supervisely.annotation`; this module
+adds:
 
 - `meta_for`: the project meta for a model, valid for every object the converters write.
-  `engine.annotation` writes an instance whose mask is empty as a ``rectangle`` while
+  The converters write an instance whose mask is empty as a ``rectangle`` while
   `supervisely_meta` declares the classes of segmentation models as ``bitmap``, and
   Supervisely rejects an object whose geometry does not match its class. `meta_for`
   declares those classes with shape ``"any"`` (Supervisely's ``AnyGeometry``), which
   accepts both, so a mask model's rectangles and bitmaps live in one class of that name.
 - `check_annotation`: the same rule Supervisely applies, offline.
 - `prediction_from_supervisely`: an annotation back into a `Prediction`.
-- `image_file_name` and `dataset_dir`: where an image goes inside a project.
+- `prediction_to_annotation`: a prediction's annotation, the task read from it.
 """
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
 from typing import Any
 
-from engine.annotation import (
-    CONFIDENCE_TAG,
-    bitmap_to_mask,
-    box_to_rectangle,
-    mask_to_bitmap,
+from connectors.supervisely.annotation import (
     prediction_to_supervisely,
     supervisely_meta,
     supervisely_to_detections,
 )
-from engine.detections import Detections
 from engine.prediction import Prediction
 
 __all__ = [
     "ANY_SHAPE",
-    "CONFIDENCE_TAG",
-    "annotation_to_detections",
-    "bitmap_to_mask",
-    "box_to_rectangle",
     "check_annotation",
     "check_task",
-    "dataset_dir",
-    "image_file_name",
-    "mask_to_bitmap",
     "meta_for",
-    "png_file_name",
     "prediction_from_supervisely",
     "prediction_to_annotation",
-    "prediction_to_supervisely",
-    "supervisely_meta",
-    "supervisely_to_detections",
 ]
 
 #: The class shape that accepts every geometry (Supervisely's ``AnyGeometry``).
 ANY_SHAPE = "any"
-
-#: Suffixes kept as they are when an image is written as PNG under its own name.
-_PNG_SUFFIX = ".png"
-_IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".mpo"}
-)
 
 
 # ---------------------------------------------------------------------- converters
@@ -90,28 +67,6 @@ def prediction_to_annotation(
         task=task if task is not None else prediction.task,
         keypoint_names=keypoint_names,
     )
-
-
-def annotation_to_detections(annotation: dict[str, Any], class_names: list[str]) -> Detections:
-    """Read an annotation's rectangles and bitmaps as `Detections`.
-
-    Same as `supervisely_to_detections`, under the connectors' name.
-
-    Args:
-        annotation: A Supervisely annotation dict.
-        class_names: The class list that the result's ``class_idxs`` index into.
-
-    Returns:
-        The objects in the annotation's image size.
-
-    Raises:
-        ValueError: If an object's class is not in ``class_names``.
-
-    Example:
-        >>> d = annotation_to_detections(ann, ["car", "person"])   # doctest: +SKIP
-
-    """
-    return supervisely_to_detections(annotation, class_names)
 
 
 def prediction_from_supervisely(
@@ -265,78 +220,3 @@ def check_annotation(annotation: dict[str, Any], meta: dict[str, Any]) -> None:
                 problems.append(f"object {i}: tag {tag.get('name')!r} is not in the meta")
     if problems:
         raise ValueError("annotation does not match the project meta: " + "; ".join(problems))
-
-
-# ---------------------------------------------------------------------- project layout
-def image_file_name(prediction: Prediction) -> str:
-    """Return the file name under which a prediction's image is stored.
-
-    A still image keeps its name (its last path part; ``image_<index>`` when empty); a
-    video frame is ``<video stem>_<frame_index:06d>.png``.
-
-    Args:
-        prediction: The prediction.
-
-    Returns:
-        A file name without directory parts.
-
-    Example:
-        >>> from engine.detections import Detections
-        >>> p = Prediction(Detections.empty(), [], name="clip.mp4", frame_index=12)
-        >>> image_file_name(p)
-        'clip_000012.png'
-
-    """
-    name = PurePosixPath(str(prediction.name).replace("\\", "/")).name
-    if name in ("", ".", ".."):
-        name = f"image_{prediction.index}"
-    if prediction.frame_index is not None:
-        return f"{PurePosixPath(name).stem}_{int(prediction.frame_index):06d}{_PNG_SUFFIX}"
-    return name
-
-
-def png_file_name(name: str) -> str:
-    """Return ``name`` for an image written as PNG: its image suffix becomes ".png".
-
-    Args:
-        name: A file name.
-
-    Returns:
-        ``"a.jpg"`` -> ``"a.png"``; a name without an image suffix gets ".png" added.
-
-    Example:
-        >>> png_file_name("array_3"), png_file_name("photo.JPG")
-        ('array_3.png', 'photo.png')
-
-    """
-    path = PurePosixPath(name)
-    if path.suffix.lower() == _PNG_SUFFIX:
-        return name
-    if path.suffix.lower() in _IMAGE_SUFFIXES:
-        return path.stem + _PNG_SUFFIX
-    return name + _PNG_SUFFIX
-
-
-def dataset_dir(project_dir: str | Path, dataset: str | None) -> Path:
-    """Return the folder of a dataset inside a project; "a/b" is ``a/datasets/b``.
-
-    Args:
-        project_dir: The project folder.
-        dataset: The dataset name, "parent/child" for a nested one; None or "" is "ds0".
-            Empty, "." and ".." parts are dropped.
-
-    Returns:
-        The dataset folder (its images go in ``img/``, its annotations in ``ann/``).
-
-    Example:
-        >>> dataset_dir("proj", "a/b").as_posix()
-        'proj/a/datasets/b'
-
-    """
-    parts = [
-        p for p in str(dataset or "").replace("\\", "/").split("/") if p not in ("", ".", "..")
-    ]
-    out = Path(project_dir)
-    for depth, part in enumerate(parts or ["ds0"]):
-        out = out / part if depth == 0 else out / "datasets" / part
-    return out

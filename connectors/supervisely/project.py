@@ -1,4 +1,4 @@
-"""Read the layout of a local Supervisely project: meta.json and its (nested) datasets.
+"""The layout of a local Supervisely project: meta.json and its (nested) datasets.
 
 Layout (see FORMATS.md): ``<proj>/meta.json``, ``<proj>/<dataset>/img/<name>``,
 ``<proj>/<dataset>/ann/<name>.json`` and nested datasets under ``<dataset>/datasets/``.
@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+
+from connectors.formats.names import PNG_SUFFIX
 
 META_FILE = "meta.json"
 NESTED_DIR = "datasets"
+#: Image suffixes that become ".png" when an image is written as PNG under its name.
+_IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".mpo"}
+)
 
 
 @dataclass
@@ -162,3 +168,51 @@ def _subdirs(path: Path) -> list[Path]:
 
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
+
+
+# ---------------------------------------------------------------------- writing a project
+def png_file_name(name: str) -> str:
+    """Return ``name`` for an image written as PNG: its image suffix becomes ".png".
+
+    Args:
+        name: A file name.
+
+    Returns:
+        ``"a.jpg"`` -> ``"a.png"``; a name without an image suffix gets ".png" added.
+
+    Example:
+        >>> png_file_name("array_3"), png_file_name("photo.JPG")
+        ('array_3.png', 'photo.png')
+
+    """
+    path = PurePosixPath(name)
+    if path.suffix.lower() == PNG_SUFFIX:
+        return name
+    if path.suffix.lower() in _IMAGE_SUFFIXES:
+        return path.stem + PNG_SUFFIX
+    return name + PNG_SUFFIX
+
+
+def dataset_dir(project_dir: str | Path, dataset: str | None) -> Path:
+    """Return the folder of a dataset inside a project; "a/b" is ``a/datasets/b``.
+
+    Args:
+        project_dir: The project folder.
+        dataset: The dataset name, "parent/child" for a nested one; None or "" is "ds0".
+            Empty, "." and ".." parts are dropped.
+
+    Returns:
+        The dataset folder (its images go in ``img/``, its annotations in ``ann/``).
+
+    Example:
+        >>> dataset_dir("proj", "a/b").as_posix()
+        'proj/a/datasets/b'
+
+    """
+    parts = [
+        p for p in str(dataset or "").replace("\\", "/").split("/") if p not in ("", ".", "..")
+    ]
+    out = Path(project_dir)
+    for depth, part in enumerate(parts or ["ds0"]):
+        out = out / part if depth == 0 else out / "datasets" / part
+    return out

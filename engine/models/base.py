@@ -8,13 +8,25 @@ results back into original-image pixels) is Tessera's job, not the adapter's.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, get_args
 
 import numpy as np
 
 from engine.detections import Detections
 
 Task = Literal["detection", "instance_segmentation", "keypoints", "classification"]
+#: The tasks a model can have.
+TASKS: tuple[str, ...] = get_args(Task)
+
+
+def check_task(task: str) -> None:
+    """Raise ValueError naming the valid tasks unless ``task`` is one of `TASKS`.
+
+    Example:
+        >>> check_task("detection")
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
 
 
 class ModelAdapter(ABC):

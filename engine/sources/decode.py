@@ -34,7 +34,7 @@ import requests
 import urllib3
 from PIL import Image, ImageFile, ImageOps
 
-from engine.sources.items import Item
+from engine.sources.items import BUILTIN_SOURCES, Item
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def decode_item(
         max_pixels: Refuse images with more than this many pixels (width * height).
         url_timeout: Seconds allowed for fetching a URL item (connect + whole body).
         fetch: Downloads the bytes of a platform image that has no local path (its
-            ``url`` is e.g. ``sly://images/42``).
+            ``url`` is in the platform's own scheme, e.g. ``acme://images/42``).
 
     Returns:
         A writable, C-contiguous (H, W, 3) uint8 RGB array.
@@ -88,9 +88,9 @@ def decode_item(
     """
     if item.error is not None:
         raise ImageLoadError(item.error)
-    if item.source == "supervisely" and item.path is None and item.url is not None:
-        return decode_image_bytes(_fetched(item, fetch), item.name, max_pixels)
-    if item.source in ("file", "supervisely"):
+    if item.source not in BUILTIN_SOURCES and item.path is None and item.url is not None:
+        return decode_image_bytes(_fetched(item, fetch), item.name, max_pixels)  # a platform's
+    if item.source == "file" or item.source not in BUILTIN_SOURCES:
         if item.path is None:
             raise ImageLoadError(f"{item.name}: {item.source} item has no path")
         return decode_image_file(item.path, max_pixels)

@@ -8,25 +8,13 @@ from typing import Any
 
 import numpy as np
 
-#: The values `Item.source` takes.
-SOURCES = ("file", "url", "array", "pil", "supervisely", "video")
+from engine.schemas import ITEM_SCHEMA
 
-#: Keys of `Item.to_row()`, always all present.
-ROW_KEYS = (
-    "index",
-    "source",
-    "name",
-    "path",
-    "url",
-    "dataset",
-    "pixels",
-    "shape",
-    "error",
-    "frames",
-    "seek_frame",
-    "seek_pts",
-    "last_frame",
-)
+#: The values `Item.source` takes besides the names of platforms (`engine.plugins`).
+BUILTIN_SOURCES = ("file", "url", "array", "pil", "video")
+
+#: Keys of `Item.to_row()`, always all present (the names of `engine.schemas.ITEM_SCHEMA`).
+ROW_KEYS: tuple[str, ...] = tuple(ITEM_SCHEMA.names)
 
 
 @dataclass(frozen=True)
@@ -38,12 +26,15 @@ class Item:
 
     Attributes:
         index: Position of the item in the resolved input (0, 1, 2, ...).
-        source: "file", "url", "array", "pil", "supervisely" or "video".
+        source: "file", "url", "array", "pil" or "video"; or the name of the platform
+            an image comes from.
         name: Display name: file name, URL's last path part (or host), ``array_<i>`` /
-            ``pil_<i>`` for in-memory images, image file name for Supervisely items.
-        path: Absolute local path for "file", "supervisely" and "video" items.
-        url: The http(s) URL for "url" items.
-        dataset: Supervisely dataset name (nested ones as "parent/child").
+            ``pil_<i>`` for in-memory images, the image's name for a platform's items.
+        path: Absolute local path for "file" and "video" items and a platform's local
+            images.
+        url: The http(s) URL for "url" items; a platform's media URL (in its own
+            scheme) for a platform's items.
+        dataset: The platform dataset's name (nested ones as "parent/child").
         pixels: Raw HWC RGB uint8 bytes of an in-memory image, already converted to RGB.
         shape: (height, width, 3) of `pixels`.
         error: A problem found while resolving; the item is not decoded and its

@@ -19,13 +19,9 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 from PIL import Image
 
+from engine import plugins
 from engine.sources.decode import ImageLoadError, array_to_rgb, has_url_scheme, pil_to_rgb
 from engine.sources.items import Item
-from engine.sources.supervisely_project import (
-    has_project_layout,
-    is_supervisely_project,
-    read_project,
-)
 from engine.sources.video import is_video_path
 
 #: File extensions recognised as images inside directories (compared lower-case).
@@ -63,7 +59,8 @@ def resolve_input(input: Any, recursive: bool = False) -> ResolvedInput:
     """Resolve the user's input into items, in input order (sorted within a directory).
 
     Accepted forms: a path (str or Path) to an image file, a directory, or a local
-    Supervisely project; an http/https URL; a PIL image; a numpy array (HxW, HxWx1,
+    platform's dataset (a layout an installed platform reads: `engine.plugins`); an
+    http/https URL; a PIL image; a numpy array (HxW, HxWx1,
     HxWx3 RGB, HxWx4 RGBA; uint8, uint16, bool or small integers); or a list/tuple
     mixing these. Directories give their image files (by extension, case-insensitive;
     hidden files skipped), sorted by path; other files are listed in ``skipped``.
@@ -165,8 +162,7 @@ class _Resolver:
 
     # ------------------------------------------------------------------ directories
     def _add_directory(self, directory: Path, shown: str) -> None:
-        if has_project_layout(directory):
-            self._add_project(directory, shown)
+        if self._add_platform_dataset(directory, shown):
             return
         images, others = _list_directory(directory, self.recursive)
         self.result.skipped.extend(str(p) for p in others)
@@ -188,28 +184,28 @@ class _Resolver:
             message += "; its subfolders contain images: pass recursive=True"
         return message
 
-    def _add_project(self, directory: Path, shown: str) -> None:
+    def _add_platform_dataset(self, directory: Path, shown: str) -> bool:
+        """Add the images of a platform's local dataset; False when it is not one."""
         name = directory.absolute().name
-        if not is_supervisely_project(directory):
-            try:  # the layout matches but meta.json does not: say why
-                read_project(directory)
-            except ValueError as e:
-                self._item("supervisely", name, path=str(directory.absolute()), error=str(e))
-                return
-        project = read_project(directory)
-        found = False
-        for dataset, images in project.datasets:
-            for image, _annotation in images:
-                if _is_image(image):
-                    found = True
-                    self._item(
-                        "supervisely", image.name, path=str(image.absolute()), dataset=dataset
-                    )
-                else:
-                    self.result.skipped.append(str(image.absolute()))
-        if not found:
-            error = f"{shown}: Supervisely project contains no images"
-            self._item("supervisely", name, path=str(directory.absolute()), error=error)
+        try:
+            found = plugins.read_local_dataset(directory)
+        except plugins.LocalDatasetError as e:  # a platform's layout it cannot read: say why
+            self._item(e.platform.name, name, path=str(directory.absolute()), error=str(e))
+            return True
+        if found is None:
+            return False
+        platform, refs = found
+        images = 0
+        for ref in refs:
+            if ref.path is not None and _is_image(Path(ref.path)):
+                images += 1
+                self._item(platform.name, ref.name, path=ref.path, url=ref.url, dataset=ref.dataset)
+            else:
+                self.result.skipped.append(str(ref.path or ref.url))
+        if not images:
+            error = f"{shown}: {platform.title or platform.name} project contains no images"
+            self._item(platform.name, name, path=str(directory.absolute()), error=error)
+        return True
 
     # ------------------------------------------------------------------ in memory
     def _add_in_memory(
