@@ -1,4 +1,8 @@
-"""Upload throughput: 2,000 predictions to the Supervisely stand-in under its rate limit.
+"""Upload throughput to each platform's stand-in under its rate limit.
+
+Supervisely: 2,000 predictions (below). Labelbox and Encord: `upload_labelbox.measure` and
+`upload_encord.measure` (the official SDKs against their stand-ins), written under the
+``labelbox`` and ``encord`` keys of the same results file.
 
 The stand-in server (tests/sly_standin.py, a real HTTP server on loopback) enforces 50
 requests per second (a request over the limit gets 429 with Retry-After) and answers
@@ -111,6 +115,10 @@ def main() -> None:
             iid: len(server.annotations.get(iid, {}).get("objects", [])) for iid in seeded["images"]
         }
     ray.shutdown()
+    import upload_encord
+    import upload_labelbox
+
+    others = {"labelbox": upload_labelbox.measure(), "encord": upload_encord.measure()}
 
     span = records[-1].time - records[0].time if len(records) > 1 else 0.0
     achieved = (len(records) - 1) / span if span > 0 else 0.0
@@ -143,6 +151,7 @@ def main() -> None:
             "duplicated": duplicated,
             "delivered": summary["delivered"],
             "dead": summary["dead"],
+            **others,
         },
     )
 

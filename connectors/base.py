@@ -162,6 +162,15 @@ class Connector(abc.ABC):
         """
         return None
 
+    def check_options(self, mode: str, options: dict[str, Any]) -> None:
+        """Check the connector's own ``upload_options`` for ``mode`` before a job starts.
+
+        Called in the caller's process beside `validate`, with every upload option (the
+        runtime's too: `connectors.runtime.RUNTIME_OPTIONS`); raise ValueError naming the
+        option. The default checks nothing.
+        """
+        return None
+
     @abc.abstractmethod
     def prepare(self, plan: UploadPlan) -> None:
         """Get the destination ready for ``plan`` (once per job, before any delivery)."""

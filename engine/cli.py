@@ -36,11 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "inputs", nargs="*", help="image and video files, directories, URLs, projects"
     )
-    for keyword, help_text in _platform_flags().items():
+    for keyword, (platform, help_text) in _platform_flags().items():
         predict.add_argument(
             "--" + keyword.removesuffix("s").replace("_", "-"),
             dest=keyword,
-            type=int,
+            type=_id_reader(platform),
             action="append",
             default=[],
             help=help_text,
@@ -83,12 +83,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _platform_flags() -> dict[str, str]:
-    """Each platform's plural id keyword -> its help text, for a repeatable ``--<id>``."""
-    flags: dict[str, str] = {}
-    for platform in plugins.platforms().values():
-        flags.update(platform.input_keywords)
-    return flags
+def _platform_flags() -> dict[str, tuple[plugins.Platform, str]]:
+    """Each platform's plural id keyword -> (platform, help text), for a repeatable ``--<id>``."""
+    return {
+        keyword: (platform, help_text)
+        for platform in plugins.platforms().values()
+        for keyword, help_text in platform.input_keywords.items()
+    }
+
+
+def _id_reader(platform: plugins.Platform) -> Any:
+    """An argparse ``type`` reading one id of ``platform`` (a bad one is a usage error)."""
+
+    def read(text: str) -> Any:
+        try:
+            return platform.cli_id(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    read.__name__ = f"{platform.name} id"
+    return read
 
 
 def _add_model_and_settings(command: argparse.ArgumentParser) -> None:

@@ -106,6 +106,7 @@ def output_spec(
         connector = plugins.uploader(to) if isinstance(to, str) else to
         connector.check_mode(upload)
         connector.validate()
+        connector.check_options(upload, options)
     return OutputSpec(
         upload=upload,
         to=connector,

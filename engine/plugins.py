@@ -162,6 +162,9 @@ class Uploader(Protocol):
     def validate(self) -> None:
         """Raise when the uploader cannot run (a missing credential), before any work."""
 
+    def check_options(self, mode: str, options: dict[str, Any]) -> None:
+        """Raise ValueError on a bad or missing ``upload_options`` entry, before any work."""
+
     def start_upload(
         self,
         job_id: str,
@@ -216,6 +219,16 @@ class Platform:
                     f"{keyword} must be a {self.title or self.name} id (an int >= 0), got {ident!r}"
                 )
         return [int(i) for i in values]
+
+    def cli_id(self, text: str) -> Any:
+        """Read one id given on the command line (``--project-id 12``); the default an int.
+
+        Raises:
+            ValueError: ``text`` is not an id of this platform.
+        """
+        if not text.isdigit():
+            raise ValueError(f"not a {self.title or self.name} id (an int >= 0): {text!r}")
+        return int(text)
 
     def resolve_inputs(self, ids: dict[str, list[Any]]) -> PlatformInputs:
         """List the media that ``ids`` (plural keyword -> ids) stand for."""

@@ -1,0 +1,121 @@
+"""Encord inputs: a project's image data units -> media, and the fetcher of their bytes.
+
+``encord_project="<hash>"`` predicts every image data unit of the project, in the
+order the API lists them; each Prediction keeps the data unit's title as its ``name`` and
+``encord://<project>/<data hash>`` as its ``url``, so ``upload=..., to="encord"`` needs no
+mapping. The bytes are fetched in the decode tasks by `EncordFetcher`: a signed link from
+the SDK (``get_data``), then the download, each through the job's gate and retried.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from connectors.encord.client import EncordClient
+from connectors.encord.urls import data_url, parse_data_url
+from engine.plugins import InputRef, PlatformInputs
+
+__all__ = ["EncordFetcher", "resolve_project_hashes"]
+
+
+class EncordFetcher:
+    """A picklable ``url -> bytes`` for ``encord://<project>/<data hash>`` images.
+
+    Args:
+        client: The client to fetch with; None builds one from the environment.
+
+    Example:
+        >>> fetch = EncordFetcher()                                    # doctest: +SKIP
+        >>> len(fetch("encord://0d6c.../5a1f..."))                     # doctest: +SKIP
+        48213
+    """
+
+    def __init__(self, client: EncordClient | None = None) -> None:
+        self.client = client if client is not None else EncordClient()
+        self._limiter: Any = None
+
+    def open(
+        self, requests_per_second: float | None = 10.0, max_in_flight: int | None = 8
+    ) -> EncordFetcher:
+        """A copy whose requests share a new rate limiter; `close` the copy after the job.
+
+        Args:
+            requests_per_second: Requests started per second, over every decode task.
+            max_in_flight: Requests running at once.
+        """
+        from connectors.runtime import LimiterGate, new_rate_limiter  # Ray: only in a job
+
+        limiter = new_rate_limiter(requests_per_second, max_in_flight)
+        client = copy.copy(self.client)
+        client.gate = LimiterGate(limiter)
+        opened = EncordFetcher(client)
+        opened._limiter = limiter
+        return opened
+
+    def close(self) -> None:
+        """Stop the rate limiter that `open` started (nothing for an unopened fetcher)."""
+        if self._limiter is not None:
+            import ray
+
+            ray.kill(self._limiter)
+            self._limiter = None
+
+    def __call__(self, url: str) -> bytes:
+        """Return the encoded image ``url`` names.
+
+        Raises:
+            ValueError: ``url`` is not an Encord data URL, or names no image.
+        """
+        parsed = parse_data_url(url)
+        if parsed is None:
+            raise ValueError(f"{url}: not an Encord data URL (encord://<project>/<data hash>)")
+        project_hash, data_hash = parsed
+        project = self.client.project(project_hash)
+        _, images = self.client.with_retries(
+            lambda: project.get_data(data_hash, get_signed_url=True), f"get data {data_hash}"
+        )
+        if not images:
+            raise ValueError(f"{url}: the Encord data unit is not an image")
+        link = str(images[0]["file_link"])
+        return self.client.with_retries(
+            lambda: self.client.download(link, f"media {data_hash}"), f"media {data_hash}"
+        )
+
+    def __repr__(self) -> str:
+        return f"EncordFetcher(domain={self.client.domain!r})"
+
+
+def resolve_project_hashes(
+    project_hashes: Sequence[str], client: EncordClient | None = None
+) -> PlatformInputs:
+    """The image data units of ``project_hashes`` (one listing request per project).
+
+    Raises:
+        ValueError: A project holds videos or other media (only images are predicted).
+        connectors.base.DeliveryError: The platform refused (401, 403, no project).
+    """
+    client = client if client is not None else EncordClient()
+    refs: list[InputRef] = []
+    for project_hash in project_hashes:
+        project = client.project(str(project_hash))
+        rows = client.with_retries(
+            lambda p=project: p.list_label_rows_v2(branch_name="main"), "list label rows"
+        )
+        others = sorted({str(r.data_type) for r in rows if str(r.data_type).lower() != "image"})
+        if others:
+            raise ValueError(
+                f"the Encord project {project_hash} holds {', '.join(others)} data units; "
+                "only images are predicted from Encord for now"
+            )
+        refs.extend(
+            InputRef(
+                name=row.data_title,
+                url=data_url(str(project_hash), row.data_hash),
+                dataset=row.dataset_title or None,
+            )
+            for row in rows
+        )
+    sources = {"encord_projects": [str(h) for h in project_hashes]}
+    return PlatformInputs(refs=refs, fetch=EncordFetcher(client), sources=sources)
