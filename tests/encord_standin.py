@@ -12,7 +12,9 @@ domain=standin.url)`) talks to it unchanged:
   branch, ``labelrow``/PUT creates a branch row, ``labelrow``/GET reads rows, ``labelrow``/
   POST saves them (``{"multi_request": true, "labels": [row, ...]}``, all or nothing).
 
-It keeps projects, data units and label rows (one per data unit and branch) in memory,
+It keeps projects, data units (images, and videos: ``add_video``, whose labels are kept per
+frame, ``{"<frame>": {"objects": [...]}}``, as the SDK writes them) and label rows (one per
+data unit and branch) in memory,
 checks the key, validates every saved object (a feature of the ontology with its shape,
 coordinates in 0..1, ``confidence`` in [0, 1], ``manualAnnotation`` a bool) and misbehaves
 on demand: ``fail_next(*faults, route=...)`` gives the next requests of a route these
@@ -21,7 +23,8 @@ faults, in order:
 - ``"429"``: Too Many Requests with ``Retry-After`` (nothing is applied);
 - ``"503"`` / ``"504"``: the gateway's error page, not JSON (nothing is applied);
 - ``"slow"``: the answer comes after ``slow_s`` seconds (applied);
-- ``"drop"``: the request is applied, then the connection closes without an answer.
+- ``"drop"``: the request is applied, then the connection closes without an answer (on
+  ``media``: after half the body).
 
 Routes: ``project``, ``ontology``, ``rows.list``, ``rows.create``, ``rows.get``,
 ``rows.save``. ``refuse(data_hash, reason)`` makes every save of that row fail with the
@@ -224,6 +227,60 @@ class EncordStandin:
             self._new_row(project, data_hash, "main")
             return data_hash
 
+    def add_video(
+        self,
+        project: str,
+        title: str,
+        width: int,
+        height: int,
+        num_frames: int,
+        fps: float = 30.0,
+        data: bytes = b"",
+    ) -> str:
+        """Add a video data unit (with its empty ``main`` row); return its data hash."""
+        with self._lock:
+            data_hash = str(uuid.uuid4())
+            self.projects[project]["data"][data_hash] = {
+                "title": title,
+                "width": width,
+                "height": height,
+                "bytes": data,
+                "video": True,
+                "frames": int(num_frames),
+                "fps": float(fps),
+            }
+            self._new_row(project, data_hash, "main")
+            return data_hash
+
+    def frames_of(self, data_hash: str, branch: str) -> dict[int, list[dict[str, Any]]]:
+        """A video row's objects by frame ({} when no row); frames without objects left out."""
+        row = self.rows.get((data_hash, branch))
+        if row is None:
+            return {}
+        labels = row["data_units"][data_hash]["labels"]
+        return {
+            int(frame): list(value.get("objects", []))
+            for frame, value in labels.items()
+            if value.get("objects")
+        }
+
+    def put_frame_objects(
+        self, data_hash: str, branch: str, frames: dict[int, list[dict[str, Any]]]
+    ) -> None:
+        """Store ``frames`` (frame -> objects) in a video row (created when missing)."""
+        with self._lock:
+            project = self._project_of(data_hash)
+            row = self.rows.get((data_hash, branch)) or self._new_row(project, data_hash, branch)
+            labels = row["data_units"][data_hash]["labels"]
+            answers = row.setdefault("object_answers", {})
+            for frame, objects in frames.items():
+                labels[str(frame)] = {"objects": copy.deepcopy(objects), "classifications": []}
+                for o in objects:
+                    answers[o["objectHash"]] = {
+                        "objectHash": o["objectHash"],
+                        "classifications": [],
+                    }
+
     def feature_hash(self, project: str, name: str) -> str:
         """The feature hash of ontology object ``name``."""
         structure = self.ontologies[self.projects[project]["ontology"]]["structure"]
@@ -295,6 +352,7 @@ class EncordStandin:
     def _new_row(self, project: str, data_hash: str, branch: str) -> dict[str, Any]:
         info = self.projects[project]
         unit = info["data"][data_hash]
+        video = bool(unit.get("video"))
         row = {
             "label_hash": str(uuid.uuid4()),
             "branch_name": branch,
@@ -304,7 +362,7 @@ class EncordStandin:
             "dataset_hash": info["dataset"],
             "dataset_title": "images",
             "data_title": unit["title"],
-            "data_type": "image",
+            "data_type": "video" if video else "image",
             "annotation_task_status": "QUEUED",
             "is_shadow_data": False,
             "object_answers": {},
@@ -316,15 +374,18 @@ class EncordStandin:
                     "data_hash": data_hash,
                     "data_title": unit["title"],
                     "data_link": f"https://media.invalid/{data_hash}",
-                    "data_type": "image/png",
+                    "data_type": "video/mp4" if video else "image/png",
                     "data_sequence": 0,
                     "width": unit["width"],
                     "height": unit["height"],
-                    "labels": {"objects": [], "classifications": []},
+                    "labels": {} if video else {"objects": [], "classifications": []},
                 }
             },
             "spaces": {},
         }
+        if video:
+            row["data_units"][data_hash]["data_fps"] = unit["fps"]
+            row["data_units"][data_hash]["data_duration"] = unit["frames"] / unit["fps"]
         self.rows[(data_hash, branch)] = row
         return row
 
@@ -332,6 +393,7 @@ class EncordStandin:
         info = self.projects[project]
         unit = info["data"][data_hash]
         row = self.rows.get((data_hash, branch))
+        video = bool(unit.get("video"))
         return {
             "label_hash": row["label_hash"] if row else None,
             "created_at": row["created_at"] if row else None,
@@ -341,16 +403,18 @@ class EncordStandin:
             "dataset_hash": info["dataset"],
             "dataset_title": "images",
             "data_title": unit["title"],
-            "data_type": "IMAGE",
+            "data_type": "VIDEO" if video else "IMAGE",
             "data_link": f"https://media.invalid/{data_hash}",
             "label_status": "LABEL_IN_PROGRESS" if row else "NOT_LABELLED",
             "annotation_task_status": "QUEUED",
             "is_shadow_data": False,
-            "number_of_frames": 1,
+            "number_of_frames": unit["frames"] if video else 1,
+            "frames_per_second": unit["fps"] if video else None,
+            "duration": unit["frames"] / unit["fps"] if video else None,
             "height": unit["height"],
             "width": unit["width"],
             "spaces": {},
-            "file_type": "image/png",
+            "file_type": "video/mp4" if video else "image/png",
         }
 
     def _row_by_hash(self, label_hash: str) -> dict[str, Any]:
@@ -369,6 +433,7 @@ class EncordStandin:
         structure = self.ontologies[self.projects[project]["ontology"]]["structure"]
         shapes = {o["featureNodeHash"]: o["shape"] for o in structure["objects"]}
         unit = saved["data_units"][data_hash]
+        info = self.projects[project]["data"][data_hash]
         classifications = {c["featureNodeHash"] for c in structure["classifications"]}
         for answer in saved.get("classification_answers", {}).values():
             if answer.get("featureHash") not in classifications:
@@ -376,7 +441,25 @@ class EncordStandin:
             confidence = answer.get("confidence", 1.0)
             if not isinstance(confidence, (int, float)) or not 0 <= confidence <= 1:
                 raise ApiError("CORRUPTED_LABEL_ERROR", f"confidence {confidence!r} not in [0, 1]")
-        for obj in unit["labels"]["objects"]:
+        if info.get("video"):
+            frames = unit["labels"]
+            if not isinstance(frames, dict) or "objects" in frames:
+                raise ApiError("CORRUPTED_LABEL_ERROR", "a video's labels are kept by frame")
+            found: list[dict[str, Any]] = []
+            seen: dict[str, str] = {}
+            for frame, value in frames.items():
+                if not str(frame).isdigit() or not 0 <= int(frame) < info["frames"]:
+                    raise ApiError("CORRUPTED_LABEL_ERROR", f"frame {frame!r} is not in the video")
+                for obj in value.get("objects", []):
+                    key = str(obj.get("objectHash"))
+                    if seen.setdefault(key, str(obj.get("featureHash"))) != obj.get("featureHash"):
+                        raise ApiError("CORRUPTED_LABEL_ERROR", f"object {key} changes feature")
+                    if key not in saved.get("object_answers", {}):
+                        raise ApiError("CORRUPTED_LABEL_ERROR", f"object {key} has no answers")
+                    found.append(obj)
+        else:
+            found = unit["labels"]["objects"]
+        for obj in found:
             shape = shapes.get(obj.get("featureHash"))
             if shape is None or shape != obj.get("shape"):
                 raise ApiError("CORRUPTED_LABEL_ERROR", f"unknown feature {obj.get('featureHash')}")
@@ -414,11 +497,15 @@ class EncordStandin:
             if data_hash not in self.projects[project]["data"]:
                 raise ApiError("RESOURCE_NOT_FOUND_ERROR", f"no data unit {data_hash}")
             unit = self.projects[project]["data"][data_hash]
+            link = f"{self.url}/media/{data_hash}?signature=s"
+            if unit.get("video"):
+                video = {"data_hash": data_hash, "title": unit["title"], "file_link": link}
+                return {"data_hash": data_hash, "video": video, "images": None}
             image = {
                 "data_hash": data_hash,
                 "image_hash": data_hash,
                 "title": unit["title"],
-                "file_link": f"{self.url}/media/{data_hash}?signature=s",
+                "file_link": link,
             }
             return {"data_hash": data_hash, "video": None, "images": [image]}
         if route == "rows.save":
@@ -594,6 +681,17 @@ def _handler(standin: EncordStandin) -> type[BaseHTTPRequestHandler]:
             )  # fmt: skip
             if data is None or "signature=" not in self.path:
                 self._send("media", 404, b"no such media", fault)
+                return
+            if fault == "drop":  # half the body, then the connection closes
+                standin.records.append(("media", 0, fault))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
                 return
             self._send("media", 200, data, fault, html=False)
 

@@ -21,6 +21,7 @@ from scenes import draw_scene, random_boxes
 from connectors.labelbox.format import (
     MAX_PER_FEATURE,
     data_row_ref,
+    line_uuid,
     over_feature_limit,
     prediction_to_ndjson,
 )
@@ -446,3 +447,110 @@ def test_a_model_runs_rows_are_an_input_and_the_upload_goes_back_into_that_run(
     assert Counter(line["dataRow"]["globalKey"] for line in exported) == {"r1.png": 2, "r2.png": 2}
     with pytest.raises(ValueError, match="must be a Labelbox id"):
         reference_model.predict(labelbox_dataset_ids=[7])
+
+
+def test_a_partly_refused_item_is_resumed_without_duplicating_what_landed(
+    ray_session, labelbox, tmp_path, capsys
+):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    truth = {
+        "a.png": [("red", 4, 4, 20, 20), ("blue", 40, 30, 60, 50)],  # blue: not in the run
+        "b.png": [("green", 6, 8, 22, 24)],
+        "c.png": [("red", 30, 6, 50, 20), ("green", 8, 36, 24, 56)],
+    }
+    for name, boxes in truth.items():
+        Image.fromarray(draw_scene(64, 80, boxes)).save(folder / name)
+        labelbox.add_data_row(name)
+    run_id = labelbox.add_model_run(["red", "green"])  # the model's ontology lacks "blue"
+    journals = tmp_path / "jobs"
+    code = main(
+        [
+            "predict", str(folder), "--model", "reference/color-boxes",
+            "--out", str(tmp_path / "out"), "--upload", "append", "--to", "labelbox",
+            "--upload-option", f"model_run_id={run_id}",
+            "--upload-option", "poll_seconds=0.05", "--upload-option", "batch_size=3",
+            "--upload-option", f"journal_dir={json.dumps(str(journals))}", "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 1
+    report = json.loads((tmp_path / "out" / "summary.json").read_text())["outputs"]
+    report = report["upload:labelbox"]
+    assert (report["delivered"], report["dead"]) == (2, 1)
+    [dead] = [json.loads(line) for line in open(report["dead_letter"])]
+    of_a = [line for line in labelbox.lines_of(run_id) if line["dataRow"]["globalKey"] == "a.png"]
+    assert dead["key"] == "globalKey:a.png" and [b["name"] for b in of_a] == ["red"]
+    # the refused line: the one of a.png's two (uuids derive from the job) that did not land
+    [refused] = {line_uuid(report["job_id"], "a.png", i) for i in range(2)} - {
+        line["uuid"] for line in of_a
+    }
+    assert "refused 1 of 2 lines" in dead["reason"] and refused in dead["reason"]
+    assert "no feature 'blue'" in dead["reason"]
+
+    def resume() -> dict:
+        capsys.readouterr()
+        code = main(["upload", "--resume", report["job_id"], "--journal-dir", str(journals)])
+        return {"code": code, **json.loads(capsys.readouterr().out.strip().splitlines()[-1])}
+
+    # still refused: reported again, the red line it took is not sent twice
+    again = resume()
+    assert (again["code"], again["delivered"], again["dead"]) == (1, 0, 1)
+    assert Counter(line["uuid"] for line in labelbox.lines_of(run_id)).most_common(1)[0][1] == 1
+    assert len(labelbox.lines_of(run_id)) == 4
+    # the ontology learns "blue": the resume sends that line alone
+    labelbox.models[labelbox.runs[run_id]["model"]]["features"].add("blue")
+    done = resume()
+    assert (done["code"], done["delivered"], done["dead"]) == (0, 1, 0)
+    uuids = Counter(line["uuid"] for line in labelbox.lines_of(run_id))
+    assert set(uuids.values()) == {1} and refused in uuids
+    assert landed(labelbox, run_id) == {n: known(b) for n, b in truth.items()}
+
+
+def test_a_partly_refused_item_in_another_batch_or_uploader_never_lands_twice(labelbox):
+    from connectors.base import DeliveryError, UploadPlan
+    from connectors.labelbox.uploader import LabelboxConnector
+
+    for key in ("p.png", "q.png", "r.png"):
+        labelbox.add_data_row(key)
+    run_id = labelbox.add_model_run(["red", "green"])
+    plan = UploadPlan("split", "append", CLASSES, options={"model_run_id": run_id})
+    first, second, late = LabelboxConnector(), LabelboxConnector(), LabelboxConnector()
+    for connector in (first, second, late):  # the copies of three uploaders
+        connector.prepare(plan)
+
+    def prediction(name: str, classes: list[str]) -> Prediction:
+        boxes = np.array([[i * 10, 0, i * 10 + 8, 8] for i in range(len(classes))], np.float32)
+        det = Detections(
+            boxes, np.full(len(classes), 0.9), np.array(list(map(CLASSES.index, classes)))
+        )
+        return Prediction(det, CLASSES, name=name)
+
+    def uuids() -> Counter:
+        return Counter(line["uuid"] for line in labelbox.lines_of(run_id))
+
+    p, q = prediction("p.png", ["red", "blue", "green"]), prediction("q.png", ["green"])
+    result = first.deliver([p, q])
+    assert result.delivered == ["globalKey:q.png"]
+    blue = line_uuid("split", "p.png", 1)
+    assert "refused 1 of 3 lines" in result.failed["globalKey:p.png"]
+    assert blue in result.failed["globalKey:p.png"]
+    assert len(uuids()) == 3 and blue not in uuids()
+    # p alone (a split batch, a resume), by another uploader: only its blue line goes again;
+    # the answer to that import is lost, and the retry finds it rather than sending twice more
+    labelbox.fail_next("drop", op="createMEAPredictionImportByFilePyApi")
+    with pytest.raises(DeliveryError):
+        second.deliver([p])
+    assert "no feature 'blue'" in second.deliver([p]).failed["globalKey:p.png"]
+    assert len(uuids()) == 3 and set(uuids().values()) == {1}
+    labelbox.models[labelbox.runs[run_id]["model"]]["features"].add("blue")
+    assert first.deliver([p]).delivered == ["globalKey:p.png"]  # the blue line alone
+    assert first.deliver([p]).delivered == ["globalKey:p.png"]  # all landed: nothing sent
+    assert len(uuids()) == 4 and set(uuids().values()) == {1}
+    # an uploader that has not read the recoveries the others made takes the next number
+    r = prediction("r.png", ["red", "blue"])
+    labelbox.add_to_run(run_id, labelbox.data_rows["r.png"])
+    lines = prediction_to_ndjson(r, {"globalKey": "r.png"}, "split")
+    assert late._recover(late._model_run(), [lines]) == {line["uuid"]: None for line in lines}
+    names = sorted(i["name"] for i in labelbox.imports.values() if "recovery" in i["name"])
+    assert names == [f"tessera-split-recovery-{n}" for n in range(5)]
+    assert len(uuids()) == 6 and set(uuids().values()) == {1}

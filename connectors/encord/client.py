@@ -210,6 +210,44 @@ class EncordClient:
             raise DeliveryError(f"Encord {what}: HTTP {status}", retryable=retryable, status=status)
         return response.content
 
+    def download_to(self, url: str, path: str | Path, what: str) -> Path:
+        """GET a media URL into ``path``, streamed, through the gate, once.
+
+        The file appears under its final name only once complete.
+
+        Raises:
+            DeliveryError: Retryable for 408, 429, 5xx, timeouts, dropped connections and a
+                download that broke off.
+        """
+        import requests
+
+        path = Path(path)
+        partial = path.with_name(path.name + ".part")
+        error: DeliveryError | None = None
+        try:
+            with self.gate.request():
+                response = requests.get(url, timeout=self.timeout, stream=True)
+                try:
+                    status = response.status_code
+                    if status >= 400:
+                        retryable = status in (408, 429) or status >= 500
+                        error = DeliveryError(
+                            f"Encord {what}: HTTP {status}", retryable=retryable, status=status
+                        )
+                    else:
+                        with partial.open("wb") as out:
+                            for chunk in response.iter_content(chunk_size=1 << 20):
+                                out.write(chunk)
+                finally:
+                    response.close()
+        except requests.RequestException as exc:
+            error = DeliveryError(f"Encord {what}: {type(exc).__name__}", retryable=True)
+        if error is not None:
+            partial.unlink(missing_ok=True)
+            raise error
+        partial.replace(path)
+        return path
+
     # ------------------------------------------------------------------ projects
     def project(self, project_hash: str) -> Project:
         """The SDK's `encord.project.Project`, loaded once per process (two requests, retried)."""

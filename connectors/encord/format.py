@@ -61,6 +61,7 @@ __all__ = [
     "prediction_classification",
     "prediction_objects",
     "shapes_for_task",
+    "video_object_hash",
 ]
 
 #: What a branch name may hold (Encord's rule; case sensitive).
@@ -301,6 +302,26 @@ def object_hash(prefix: str, index: int) -> str:
         index, digit = divmod(index, len(_DIGITS))
         digits = _DIGITS[digit] + digits
     return prefix + digits
+
+
+def video_object_hash(prefix: str, frame: int, index: int) -> str:
+    """The hash of object ``index`` on video frame ``frame`` of a job (unique in the row).
+
+    Example:
+        >>> video_object_hash("ab12", 37, 2)
+        'ab12f00011o002'
+    """
+    if len(prefix) != 4 or frame < 0 or index < 0:
+        raise ValueError(f"object hash prefix {prefix!r} / frame {frame} / index {index}")
+    return f"{prefix}f{_base36(frame, 5)}o{_base36(index, 3)}"
+
+
+def _base36(value: int, width: int) -> str:
+    digits = ""
+    while value or not digits:
+        value, digit = divmod(value, len(_DIGITS))
+        digits = _DIGITS[digit] + digits
+    return digits.rjust(width, "0")
 
 
 def bitmask_rle(rle: dict[str, Any], height: int, width: int) -> str:

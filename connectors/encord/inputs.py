@@ -1,23 +1,29 @@
-"""Encord inputs: a project's image data units -> media, and the fetcher of their bytes.
+"""Encord inputs: a project's image and video data units -> media, and the fetcher.
 
-``encord_project="<hash>"`` predicts every image data unit of the project, in the
-order the API lists them; each Prediction keeps the data unit's title as its ``name`` and
-``encord://<project>/<data hash>`` as its ``url``, so ``upload=..., to="encord"`` needs no
-mapping. The bytes are fetched in the decode tasks by `EncordFetcher`: a signed link from
-the SDK (``get_data``), then the download, each through the job's gate and retried.
+``encord_project="<hash>"`` predicts every image and video data unit of the project, in
+the order the API lists them; each Prediction keeps the data unit's title as its ``name``
+and ``encord://<project>/<data hash>`` as its ``url`` (a video's frames too, with their
+``frame_index``), so ``upload=..., to="encord"`` needs no mapping. An image's bytes are
+fetched in the decode tasks by `EncordFetcher`: a signed link from the SDK (``get_data``),
+then the download, each through the job's gate and retried. A video is downloaded once, at
+resolve time (through the client's gate, retried), into a local file, and then predicted
+like a local video (the frame options apply).
 """
 
 from __future__ import annotations
 
 import copy
+import re
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from connectors.encord.client import EncordClient
 from connectors.encord.urls import data_url, parse_data_url
 from engine.plugins import InputRef, PlatformInputs
 
-__all__ = ["EncordFetcher", "resolve_project_hashes"]
+__all__ = ["EncordFetcher", "download_video", "resolve_project_hashes"]
 
 
 class EncordFetcher:
@@ -87,35 +93,85 @@ class EncordFetcher:
         return f"EncordFetcher(domain={self.client.domain!r})"
 
 
-def resolve_project_hashes(
-    project_hashes: Sequence[str], client: EncordClient | None = None
-) -> PlatformInputs:
-    """The image data units of ``project_hashes`` (one listing request per project).
+def download_video(
+    client: EncordClient, project_hash: str, data_hash: str, path: str | Path
+) -> Path:
+    """Download video ``data_hash`` into ``path`` (a signed link, then the media; retried).
+
+    The file appears under its final name only once complete.
 
     Raises:
-        ValueError: A project holds videos or other media (only images are predicted).
+        ValueError: The data unit is not a video.
+        connectors.base.DeliveryError: The platform refused, or retries were spent.
+    """
+    path = Path(path)
+    project = client.project(project_hash)
+    video, _ = client.with_retries(
+        lambda: project.get_data(data_hash, get_signed_url=True), f"get data {data_hash}"
+    )
+    if not video:
+        raise ValueError(
+            f"{data_url(project_hash, data_hash)}: the Encord data unit is not a video"
+        )
+    link = str(video["file_link"])
+    return client.with_retries(
+        lambda: client.download_to(link, path, f"video {data_hash}"), f"video {data_hash}"
+    )
+
+
+def _kind(row: Any) -> str:
+    return str(getattr(row.data_type, "value", row.data_type)).lower()
+
+
+def resolve_project_hashes(
+    project_hashes: Sequence[str],
+    client: EncordClient | None = None,
+    video_dir: str | Path | None = None,
+) -> PlatformInputs:
+    """The image and video data units of ``project_hashes`` (one listing request a project).
+
+    Each video is downloaded once into ``video_dir`` (default: a new temporary folder).
+
+    Raises:
+        ValueError: A project holds other media (image groups, DICOM...).
         connectors.base.DeliveryError: The platform refused (401, 403, no project).
     """
     client = client if client is not None else EncordClient()
     refs: list[InputRef] = []
+    folder: Path | None = Path(video_dir) if video_dir else None
     for project_hash in project_hashes:
         project = client.project(str(project_hash))
         rows = client.with_retries(
             lambda p=project: p.list_label_rows_v2(branch_name="main"), "list label rows"
         )
-        others = sorted({str(r.data_type) for r in rows if str(r.data_type).lower() != "image"})
+        others = sorted({str(r.data_type) for r in rows if _kind(r) not in ("image", "video")})
         if others:
             raise ValueError(
                 f"the Encord project {project_hash} holds {', '.join(others)} data units; "
-                "only images are predicted from Encord for now"
+                "only images and videos are predicted from Encord for now"
             )
-        refs.extend(
-            InputRef(
-                name=row.data_title,
-                url=data_url(str(project_hash), row.data_hash),
-                dataset=row.dataset_title or None,
+        for row in rows:
+            url = data_url(str(project_hash), row.data_hash)
+            if _kind(row) != "video":
+                refs.append(
+                    InputRef(name=row.data_title, url=url, dataset=row.dataset_title or None)
+                )
+                continue
+            if folder is None:
+                folder = Path(tempfile.mkdtemp(prefix="tessera-encord-"))
+            folder.mkdir(parents=True, exist_ok=True)
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(row.data_title)).name) or "video"
+            path = download_video(
+                client, str(project_hash), row.data_hash, folder / f"{row.data_hash}_{safe}"
             )
-            for row in rows
-        )
+            refs.append(
+                InputRef(
+                    name=row.data_title,
+                    url=url,
+                    path=str(path),
+                    dataset=row.dataset_title or None,
+                    video=True,
+                )
+            )
     sources = {"encord_projects": [str(h) for h in project_hashes]}
     return PlatformInputs(refs=refs, fetch=EncordFetcher(client), sources=sources)

@@ -56,11 +56,11 @@ class EncordAnnotationFormat:
 
 
 class EncordPlatform(Platform):
-    """Encord's inputs (a project's images), their fetcher, format, export and uploader."""
+    """Encord's inputs (a project's images and videos), fetcher, format, export, uploader."""
 
     name = "encord"
     title = "Encord"
-    input_keywords = {"encord_projects": "an Encord project whose images to predict"}
+    input_keywords = {"encord_projects": "an Encord project whose images and videos to predict"}
     url_scheme = SCHEME
 
     def parse_ids(self, keyword: str, value: Any) -> list[Any]:
@@ -76,7 +76,7 @@ class EncordPlatform(Platform):
         return self.parse_ids("--encord-project", text)[0]
 
     def resolve_inputs(self, ids: dict[str, list[Any]]) -> PlatformInputs:
-        """The image data units of ``ids["encord_projects"]``, with their fetcher."""
+        """The image and video data units of ``ids["encord_projects"]``, with their fetcher."""
         return resolve_project_hashes(ids.get("encord_projects", []))
 
     def fetcher(self) -> Callable[[str], bytes]:

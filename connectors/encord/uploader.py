@@ -25,12 +25,24 @@ from the job id (`connectors.encord.format.object_hash`), and a delivery first r
 job's own objects from the row, so a retry after a lost answer rewrites them: never a
 duplicate. Images are found by their ``encord://`` URL (predictions of Encord inputs), by
 the ``data_hashes`` option (image name -> data hash), or by the data unit's title.
+
+Video frames (predictions with a ``frame_index``) go into their video's branch row, on the
+frame of that index (``labels["<frame>"]``), normalised to the video's size, with the same
+modes per frame (``replace`` clears what others wrote on the whole row and keeps the job's
+own frames). A frame's objects carry hashes derived from the job, the frame and the object
+(`video_object_hash`), so a re-delivery rewrites them. Frames of one video may reach several
+uploader actors at once; each read-modify-save of a video row holds that row's lock
+(`RowLocks`, one named actor per job), so one batch never overwrites another's frames.
+Frames of a classifier are not uploaded yet (each goes to the dead letter with the reason).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from connectors.base import Connector, DeliveryResult, RequestGate, UploadPlan
@@ -45,11 +57,12 @@ from connectors.encord.format import (
     object_box,
     prediction_classification,
     prediction_objects,
+    video_object_hash,
 )
 from connectors.encord.urls import parse_data_url
 from engine.prediction import Prediction
 
-__all__ = ["DEFAULT_BUNDLE_SIZE", "OPTIONS", "EncordUploader"]
+__all__ = ["DEFAULT_BUNDLE_SIZE", "OPTIONS", "EncordUploader", "RowLocks"]
 
 #: Label rows a bundle request holds at most, by default (the SDK's default).
 DEFAULT_BUNDLE_SIZE = 1000
@@ -96,6 +109,8 @@ class EncordUploader(Connector):
         self.bundle_size = DEFAULT_BUNDLE_SIZE
         self.iou_threshold = 0.9
         self.by_name: dict[str, str] = {}
+        self.job_id = ""
+        self.locks: Any = None  # a RowLocks actor (under Ray), else the process's locks
 
     def bind(self, gate: RequestGate) -> None:
         """Route the client's calls through ``gate`` too."""
@@ -152,6 +167,8 @@ class EncordUploader(Connector):
         }
         if plan.mode == "create":
             self._check_new_branch(project)
+        self.job_id = plan.job_id
+        self.locks = None  # started by the first video delivery
 
     def _check_new_branch(self, project: Any) -> None:
         rows = self.client.with_retries(
@@ -170,10 +187,15 @@ class EncordUploader(Connector):
 
     # ------------------------------------------------------------------ delivery
     def item_key(self, prediction: Prediction) -> str:
-        """``"data:<data hash>"`` for an image the project holds; a key naming it else."""
+        """``"data:<data hash>"`` for an image, ``"data:<data hash>:frame:<n>"`` for a frame.
+
+        A prediction of no data unit of the project gets a key naming it.
+        """
         data_hash = self._data_hash(prediction)
         if data_hash is None:
             return f"item:{prediction.index}:{prediction.name}"
+        if prediction.frame_index is not None:
+            return f"data:{data_hash}:frame:{int(prediction.frame_index)}"
         return f"data:{data_hash}"
 
     def _data_hash(self, prediction: Prediction) -> str | None:
@@ -187,17 +209,22 @@ class EncordUploader(Connector):
         assert self.project_hash is not None and self.branch is not None, "prepare() first"
         failed: dict[str, str] = {}
         targets: dict[str, Prediction] = {}
+        frames: dict[str, dict[int, Prediction]] = {}
         for prediction in batch:
             key = self.item_key(prediction)
             data_hash = self._data_hash(prediction)
             if data_hash is None:
                 failed[key] = f"no data unit titled {prediction.name!r} in the Encord project"
+            elif prediction.frame_index is not None and self.classifier is not None:
+                failed[key] = "a classifier's video frames are not uploaded to Encord yet"
             elif prediction.frame_index is not None:
-                failed[key] = "video frames are not uploaded to Encord yet (images only)"
+                frames.setdefault(data_hash, {})[int(prediction.frame_index)] = prediction
             else:
                 targets[data_hash] = prediction
         if targets:
             failed.update(self._write(targets))
+        if frames:
+            failed.update(self._write_frames(frames))
         keys = [self.item_key(p) for p in batch]
         return DeliveryResult(delivered=[k for k in keys if k not in failed], failed=failed)
 
@@ -236,12 +263,127 @@ class EncordUploader(Connector):
             self.client.call(lambda c=chunk: _save(project, c), "save label rows")
         return failed
 
+    def _write_frames(self, videos: dict[str, dict[int, Prediction]]) -> dict[str, str]:
+        """Write video frames into their rows, each row read, merged and saved under its lock."""
+        project = self.client.project(self.project_hash or "")
+
+        def keys(data_hash: str) -> list[str]:
+            return [f"data:{data_hash}:frame:{f}" for f in videos[data_hash]]
+
+        failed: dict[str, str] = {}
+        with self._locked(sorted(videos)):
+            # 1) the rows on the branch (one request)
+            rows = self.client.call(
+                lambda: project.list_label_rows_v2(
+                    data_hashes=list(videos), branch_name=self.branch
+                ),
+                "list label rows",
+            )
+            found = {r.data_hash: r for r in rows}
+            for data_hash in videos:
+                row = found.get(data_hash)
+                if row is None:
+                    reason = (
+                        f"data unit {data_hash} is not in the Encord project {self.project_hash}"
+                    )
+                elif str(row.data_type).lower() != "video":
+                    reason = f"data unit {data_hash} is an {row.data_type}, not a video"
+                else:
+                    continue
+                found.pop(data_hash, None)
+                failed.update(dict.fromkeys(keys(data_hash), reason))
+            # 2) initialise them (created on the branch when missing), bundled
+            to_create = [found[h] for h in videos if h in found and not found[h].label_hash]
+            to_read = [found[h] for h in videos if h in found and found[h].label_hash]
+            for chunk in [
+                *_chunks(to_create, self.bundle_size),
+                *_chunks(to_read, self.bundle_size),
+            ]:
+                self.client.call(lambda c=chunk: _initialise(project, c), "initialise label rows")
+            # 3) the job's objects on each frame, replacing what the job wrote there before
+            ready = []
+            for data_hash, predictions in videos.items():
+                row = found.get(data_hash)
+                if row is None:
+                    continue
+                try:
+                    row.from_labels_dict(self._merged_frames(row, predictions))
+                except Exception as exc:  # noqa: BLE001 - a bad video must not stop the others
+                    failed.update(dict.fromkeys(keys(data_hash), f"{type(exc).__name__}: {exc}"))
+                    continue
+                ready.append(row)
+            # 4) save them, bundled
+            for chunk in _chunks(ready, self.bundle_size):
+                self.client.call(lambda c=chunk: _save(project, c), "save label rows")
+        return failed
+
+    @contextlib.contextmanager
+    def _locked(self, data_hashes: list[str]) -> Iterator[None]:
+        """Hold the locks of ``data_hashes`` (taken in sorted order: no deadlock)."""
+        if self.locks is None:
+            self.locks = _row_locks(self.job_id)
+        locks = self.locks if self.locks is not None else _LOCAL_LOCKS
+        owner = f"{id(self)}:{threading.get_ident()}:{time.monotonic_ns()}"
+        taken: list[str] = []
+        try:
+            for data_hash in data_hashes:
+                _acquire(locks, data_hash, owner)
+                taken.append(data_hash)
+            yield
+        finally:
+            for data_hash in reversed(taken):
+                _release(locks, data_hash, owner)
+
+    def _merged_frames(self, row: Any, predictions: dict[int, Prediction]) -> dict[str, Any]:
+        """The row with the job's objects on the frames of ``predictions``."""
+        row_dict = row.to_encord_dict()
+        unit = row_dict["data_units"][row.data_hash]
+        labels = unit.get("labels") or {}
+        any_prediction = next(iter(predictions.values()))
+        height = int(unit.get("height") or any_prediction.height)
+        width = int(unit.get("width") or any_prediction.width)
+        frames: dict[str, dict[str, Any]] = {}
+        for frame, value in labels.items():
+            objects = value.get("objects", [])
+            if self.mode == "replace":  # the row keeps only the job's (earlier frames)
+                objects = [o for o in objects if self._ours(o)]
+            frames[str(frame)] = {**value, "objects": list(objects)}
+        for frame, prediction in sorted(predictions.items()):
+            if (height, width) != (int(prediction.height), int(prediction.width)):
+                raise ValueError(
+                    f"the Encord video is {width}x{height}, frame {frame} predicted "
+                    f"{prediction.width}x{prediction.height}"
+                )
+            value = frames.get(str(frame), {"objects": [], "classifications": []})
+            existing = value.get("objects", [])
+            kept = [] if self.mode == "replace" else [o for o in existing if not self._ours(o)]
+            new = prediction_objects(prediction, self.features, self.prefix)
+            for i, obj in enumerate(new):
+                obj["objectHash"] = video_object_hash(self.prefix, frame, i)
+            if self.mode == "iou_merge":
+                new = [o for o in new if not self._overlaps(o, kept, height, width)]
+            frames[str(frame)] = {**value, "objects": kept + new}
+        unit["labels"] = {f: v for f, v in frames.items() if v.get("objects")}
+        live = {o["objectHash"] for v in unit["labels"].values() for o in v["objects"]}
+        answers = row_dict.get("object_answers", {})
+        row_dict["object_answers"] = {
+            h: answers.get(h, {"classifications": [], "objectHash": h}) for h in sorted(live)
+        }
+        if self.mode == "replace":
+            row_dict["object_actions"] = {}
+        return row_dict
+
     def _ours(self, obj: dict[str, Any]) -> bool:
         return str(obj.get("objectHash", "")).startswith(self.prefix) and not obj.get(
             "manualAnnotation", True
         )
 
     def _merged(self, row: Any, prediction: Prediction) -> dict[str, Any]:
+        if str(row.data_type).lower() == "video":
+            raise ValueError(
+                f"the Encord data unit {row.data_hash} is a video: its frames are uploaded "
+                "(predictions with a frame_index), not a whole image"
+            )
         row_dict = row.to_encord_dict()
         unit = row_dict["data_units"][row.data_hash]
         height = int(unit.get("height") or prediction.height)
@@ -356,4 +498,81 @@ def _save(project: Any, rows: list[Any]) -> None:
 
 def _row_objects(row: Any) -> list[dict[str, Any]]:
     units = row.to_encord_dict().get("data_units", {})
-    return [o for unit in units.values() for o in unit.get("labels", {}).get("objects", [])]
+    found = []
+    for unit in units.values():
+        labels = unit.get("labels", {})
+        if "objects" in labels:
+            found.extend(labels["objects"])
+        else:  # a video: labels by frame
+            found.extend(o for v in labels.values() for o in v.get("objects", []))
+    return found
+
+
+class RowLocks:
+    """Locks of video rows by data hash, shared by a job's uploaders (a Ray actor under Ray).
+
+    A lock is a lease: one held longer than ``lease_s`` (its holder died) is given away.
+    """
+
+    def __init__(self, lease_s: float = 300.0) -> None:
+        self.lease_s = lease_s
+        self._held: dict[str, tuple[str, float]] = {}
+        self._mutex = threading.Lock()
+
+    def try_acquire(self, key: str, owner: str) -> bool:
+        """Take ``key`` for ``owner``; False when another holds it."""
+        with self._mutex:
+            now = time.monotonic()
+            holder = self._held.get(key)
+            if holder is not None and holder[0] != owner and now - holder[1] < self.lease_s:
+                return False
+            self._held[key] = (owner, now)
+            return True
+
+    def release(self, key: str, owner: str) -> None:
+        """Give ``key`` back (nothing when ``owner`` does not hold it)."""
+        with self._mutex:
+            if self._held.get(key, ("", 0.0))[0] == owner:
+                del self._held[key]
+
+
+_LOCAL_LOCKS = RowLocks()
+
+
+def _row_locks(job_id: str) -> Any:
+    """The job's `RowLocks` actor when Ray runs (one per job, by name); None else."""
+    try:
+        import ray
+    except ImportError:  # pragma: no cover - Ray is a dependency
+        return None
+    if not ray.is_initialized():
+        return None
+    actor = ray.remote(num_cpus=0)(RowLocks)
+    return actor.options(
+        name=f"tessera-encord-rows-{hashlib.sha1(job_id.encode()).hexdigest()[:16]}",
+        get_if_exists=True,
+    ).remote()
+
+
+def _acquire(locks: Any, key: str, owner: str) -> None:
+    wait = 0.005
+    while True:
+        if isinstance(locks, RowLocks):
+            taken = locks.try_acquire(key, owner)
+        else:
+            import ray
+
+            taken = ray.get(locks.try_acquire.remote(key, owner))
+        if taken:
+            return
+        time.sleep(wait)
+        wait = min(wait * 2, 0.1)
+
+
+def _release(locks: Any, key: str, owner: str) -> None:
+    if isinstance(locks, RowLocks):
+        locks.release(key, owner)
+    else:
+        import ray
+
+        ray.get(locks.release.remote(key, owner))

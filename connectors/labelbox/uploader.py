@@ -8,7 +8,17 @@ A delivery (one batch) runs the Labelbox flow through the official SDK:
    batch's keys>-<part>``, and before creating one the connector looks for an earlier import
    of that name, so a retry after a lost answer never imports twice;
 3. it waits for each import and reads its statuses: an item whose lines all succeeded is
-   delivered; one with a failed line is refused, with Labelbox's messages as the reason.
+   delivered; one with a failed line is refused, with Labelbox's messages and the refused
+   lines (number, uuid, feature) as the reason.
+
+An item Labelbox took part of must never get its accepted lines twice, whatever batch a
+later delivery (a resume, a retry of a split batch) puts it in. So its refused lines go once
+more, at once, in the job's next *recovery import*, ``tessera-<job>-recovery-<n>``
+(numbered from 0 without gaps; the SDK finds an import by name, not by listing). Each
+delivery first reads the recovery imports it has not read (their status files): a line a
+recovery holds is accepted once any recovery accepted it; the lines of such an item that no
+recovery holds landed in its first import. A later delivery of the item sends only its lines
+not accepted yet, in a new recovery import, and nothing when all have landed.
 
 An item is its data row: a prediction of a Labelbox input keeps its data row in ``url``
 (global key, else id); for any other, the global key the ``global_keys`` option maps the
@@ -105,6 +115,8 @@ class LabelboxConnector(Connector):
         self.classification_name = CLASSIFICATION_NAME
         self.poll_seconds = 2.0
         self._run: Any = None
+        self._recovered: dict[str, str | None] = {}  # line uuid -> recovery outcome
+        self._recoveries_read = 0  # the job's recovery imports read so far
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -223,11 +235,21 @@ class LabelboxConnector(Connector):
         return f"globalKey:{ref['globalKey']}" if "globalKey" in ref else f"dataRow:{ref['id']}"
 
     def deliver(self, batch: Sequence[Prediction]) -> DeliveryResult:
-        """Upsert the batch's data rows into the run and import their predictions once."""
+        """Upsert the batch's data rows into the run and import each line once.
+
+        An item none of whose lines the job's recovery imports hold goes in the batch's
+        import (``tessera-<job>-<digest>-<part>``). When Labelbox takes some of an item's
+        lines and refuses others (or an earlier try's import of that name refused some),
+        the refused ones go once more, at once, in the job's next recovery import
+        (``tessera-<job>-recovery-<n>``, see `_recover`); an item with a line still
+        refused is dead, its reason naming the refused lines. A later delivery of an item
+        a recovery import knows (a resume, a retry in another batch) sends only its lines
+        not accepted yet, in a new recovery import: the others landed, in its first import
+        or in a recovery, and are never sent twice.
+        """
         assert self.model_run_id is not None, "prepare() first"
         failed: dict[str, str] = {}
-        owner: dict[str, str] = {}  # line uuid -> item key
-        lines: list[dict[str, Any]] = []
+        item_lines: dict[str, list[dict[str, Any]]] = {}  # item key -> its lines
         keys: dict[str, dict[str, str]] = {}  # item key -> its dataRow
         for prediction in batch:
             key, ref = self.item_key(prediction), self.data_row(prediction)
@@ -237,9 +259,7 @@ class LabelboxConnector(Connector):
                 failed[key] = refusal
                 continue
             keys[key] = ref
-            for line in found:
-                owner[line["uuid"]] = key
-            lines.extend(found)
+            item_lines[key] = found
         if keys:
             run = self._model_run()
             global_keys = sorted({r["globalKey"] for r in keys.values() if "globalKey" in r})
@@ -251,15 +271,61 @@ class LabelboxConnector(Connector):
                 ),
                 retry=False,
             )
-            digest = hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:12]
-            for part, chunk in enumerate(_chunks(lines)):
-                name = f"tessera-{self.job_id}-{digest}-{part}"
-                for uuid, reason in self._import(run, name, chunk).items():
-                    key = owner.get(uuid)
-                    if key is not None and reason not in failed.get(key, ""):
-                        failed[key] = f"{failed[key]}; {reason}" if key in failed else reason
+            self._read_recoveries()
+            outcome: dict[str, str | None] = {}  # line uuid -> None (landed) or the refusal
+            again: list[list[dict[str, Any]]] = []  # per item, the lines to send once more
+            fresh: list[str] = []
+            for key, found in item_lines.items():
+                if not any(line["uuid"] in self._recovered for line in found):
+                    fresh.append(key)
+                    continue
+                for line in found:  # a line no recovery holds landed in the item's first import
+                    outcome[line["uuid"]] = self._recovered.get(line["uuid"])
+                again.append([line for line in found if outcome[line["uuid"]] is not None])
+            if fresh:
+                outcome.update(self._import_fresh(run, fresh, item_lines, again))
+            again = [group for group in again if group]
+            if again:
+                outcome.update(self._recover(run, again))
+            for key, found in item_lines.items():
+                reason = _refusal(found, outcome)
+                if reason is not None:
+                    failed[key] = reason
         delivered = [self.item_key(p) for p in batch if self.item_key(p) not in failed]
         return DeliveryResult(delivered=delivered, failed=failed)
+
+    def _import_fresh(
+        self,
+        run: Any,
+        fresh: list[str],
+        item_lines: dict[str, list[dict[str, Any]]],
+        again: list[list[dict[str, Any]]],
+    ) -> dict[str, str | None]:
+        """Import the lines of ``fresh`` items in the batch's imports; return each outcome.
+
+        Appends to ``again`` the refused lines of each item Labelbox took part of, and
+        those an import of an earlier try refused: they go once more as a recovery.
+        """
+        digest = hashlib.sha1("\n".join(sorted(fresh)).encode()).hexdigest()[:12]
+        lines = [line for key in fresh for line in item_lines[key]]
+        outcome: dict[str, str | None] = {}
+        earlier: set[str] = set()  # uuids an earlier try's import held
+        for part, chunk in enumerate(_chunks(lines)):
+            name = f"tessera-{self.job_id}-{digest}-{part}"
+            job, before = self._find_or_create(run, name, chunk)
+            rows = self._status_rows(job, name)
+            for line in chunk:
+                outcome[line["uuid"]] = rows.get(line["uuid"], "Labelbox gave it no status")
+                if before:
+                    earlier.add(line["uuid"])
+        for key in fresh:
+            found = item_lines[key]
+            refused = [line for line in found if outcome[line["uuid"]] is not None]
+            taken = len(refused) < len(found)
+            group = [line for line in refused if taken or line["uuid"] in earlier]
+            if group:
+                again.append(group)
+        return outcome
 
     def _model_run(self) -> Any:
         if self._run is None:
@@ -270,26 +336,60 @@ class LabelboxConnector(Connector):
             )
         return self._run
 
-    def _import(self, run: Any, name: str, lines: list[dict[str, Any]]) -> dict[str, str]:
-        """Import ``lines`` as ``name`` unless done before; return failed uuid -> reason.
+    def _find_or_create(self, run: Any, name: str, lines: list[dict[str, Any]]) -> tuple[Any, bool]:
+        """The import ``name``: an earlier one (True), else a new one of ``lines`` (False)."""
+        job = self._earlier_import(name)
+        if job is not None:
+            return job, True
+        what = f"Labelbox import {name}"
+        job = self.client.call(what, lambda _: run.add_predictions(name, lines), retry=False)
+        return job, False
 
-        An earlier import of the name counts for the lines it took; the lines it refused
-        (a resumed job re-sending them) go again as ``<name>.1``, ``<name>.2``...
+    def _recovery_name(self, number: int) -> str:
+        return f"tessera-{self.job_id}-recovery-{number}"
+
+    def _read_recoveries(self) -> None:
+        """Learn the outcomes of the job's recovery imports this connector has not read.
+
+        They are numbered from 0 without gaps, so the first name not found ends them.
         """
-        pending, failures, attempt = lines, {}, 0
-        while pending:
-            label = name if attempt == 0 else f"{name}.{attempt}"
-            job = self._earlier_import(label)
+        while True:
+            name = self._recovery_name(self._recoveries_read)
+            job = self._earlier_import(name)
             if job is None:
-                what = f"Labelbox import {label}"
+                return
+            self._learn(self._status_rows(job, name))
+            self._recoveries_read += 1
+
+    def _learn(self, rows: dict[str, str | None]) -> None:
+        for uuid, reason in rows.items():
+            if reason is None or self._recovered.get(uuid, "") is not None:
+                self._recovered[uuid] = reason  # accepted once: landed for good
+
+    def _recover(self, run: Any, groups: list[list[dict[str, Any]]]) -> dict[str, str | None]:
+        """Send ``groups`` (each one item's lines) as the job's next recovery imports.
+
+        A recovery takes the next free number (another uploader may have taken one: read
+        it and try the next); one item's lines go in one import (unless its masks alone
+        pass `MAX_MASKS_PER_IMPORT`). Returns each line's outcome.
+        """
+        outcome: dict[str, str | None] = {}
+        for chunk in _packed(groups):
+            while True:
+                name = self._recovery_name(self._recoveries_read)
+                what = f"Labelbox import {name}"
                 job = self.client.call(
-                    what, lambda _, p=pending, n=label: run.add_predictions(n, p), retry=False
+                    what, lambda _, c=chunk, n=name: _create_once(run, n, c), retry=False
                 )
-                return self._statuses(job, label)
-            failures = self._statuses(job, label)
-            pending = [line for line in pending if line["uuid"] in failures]
-            attempt += 1
-        return {}
+                if job is not None:
+                    break
+                self._read_recoveries()  # taken by another uploader: learn it, go on
+            rows = self._status_rows(job, name)
+            self._learn(rows)
+            self._recoveries_read += 1
+            for line in chunk:
+                outcome[line["uuid"]] = rows.get(line["uuid"], "Labelbox gave it no status")
+        return outcome
 
     def _earlier_import(self, name: str) -> Any:
         from labelbox.schema.annotation_import import MEAPredictionImport
@@ -303,28 +403,86 @@ class LabelboxConnector(Connector):
 
         return self.client.call(f"Labelbox: find import {name}", find, retry=False)
 
-    def _statuses(self, job: Any, name: str) -> dict[str, str]:
+    def _status_rows(self, job: Any, name: str) -> dict[str, str | None]:
+        """Wait for import ``name``; return line uuid -> None (accepted) or the refusal."""
         what = f"Labelbox import {name}"
         self.client.call(
             what, lambda _: job.wait_till_done(sleep_time_seconds=self.poll_seconds), retry=False
         )
         if str(job.state.value) == "FAILED":
             raise DeliveryError(f"{what}: the import job failed on Labelbox", retryable=False)
-        failures: dict[str, str] = {}
+        rows: dict[str, str | None] = {}
         for text in self.client.fetch(job.status_file_url).text.splitlines():
             if not text.strip():
                 continue
             row = json.loads(text)
-            if row.get("status") != "SUCCESS":
+            if row.get("status") == "SUCCESS":
+                rows[str(row.get("uuid"))] = None
+            else:
                 errors = row.get("errors") or [{"message": "refused without a message"}]
-                failures[str(row.get("uuid"))] = "Labelbox: " + "; ".join(
-                    str(e.get("message", e)) for e in errors
-                )
-        return failures
+                rows[str(row.get("uuid"))] = "; ".join(str(e.get("message", e)) for e in errors)
+        return rows
 
     def __repr__(self) -> str:
         run = self.model_run_id
         return f"LabelboxConnector(endpoint={self.client.endpoint!r}, model_run_id={run!r})"
+
+
+def _create_once(run: Any, name: str, lines: list[dict[str, Any]]) -> Any:
+    """Import ``lines`` as ``name``; None when an import of that name exists already."""
+    from lbox.exceptions import ResourceConflict
+
+    try:
+        return run.add_predictions(name, lines)
+    except ResourceConflict:
+        return None
+
+
+#: Refused lines a dead item's reason names one by one (the rest are counted).
+MAX_NAMED_LINES = 20
+
+
+def _refusal(lines: list[dict[str, Any]], outcome: dict[str, str | None]) -> str | None:
+    """Why an item is dead: its refused lines (number, uuid, feature) by message; else None."""
+    refused: dict[str, list[str]] = {}
+    count = 0
+    for number, line in enumerate(lines):
+        reason = outcome.get(line["uuid"], "not sent")
+        if reason is None:
+            continue
+        count += 1
+        if count <= MAX_NAMED_LINES:
+            refused.setdefault(reason, []).append(
+                f"line {number} ({line['uuid']}, {line.get('name')!r})"
+            )
+        else:
+            refused.setdefault(reason, [])
+    if not count:
+        return None
+    named = "; ".join(f"{reason}: {', '.join(which)}" for reason, which in refused.items())
+    more = f"; and {count - MAX_NAMED_LINES} more" if count > MAX_NAMED_LINES else ""
+    taken = len(lines) - count
+    head = f"Labelbox refused {count} of {len(lines)} lines"
+    head += f" (the {taken} others landed and are not sent again)" if taken else ""
+    return f"{head}: {named}{more}"
+
+
+def _packed(groups: list[list[dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Recovery imports: whole groups (items) together, masks at most `MAX_MASKS_PER_IMPORT`."""
+    chunks: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    for group in groups:
+        for part in _chunks(group):
+            masks = sum(map(is_mask_line, current)) + sum(map(is_mask_line, part))
+            if current and (
+                masks > MAX_MASKS_PER_IMPORT or len(current) + len(part) > MAX_LINES_PER_IMPORT
+            ):
+                chunks.append(current)
+                current = []
+            current = current + part
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _chunks(lines: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
