@@ -298,6 +298,15 @@ class EncordStandin:
         row = self.rows.get((data_hash, branch))
         return dict(row.get("classification_answers", {})) if row else {}
 
+    def frame_classifications_of(self, data_hash: str, branch: str) -> dict[int, list[dict]]:
+        """A video row's classification answers by frame (of their ranges; {} when none)."""
+        found: dict[int, list[dict[str, Any]]] = {}
+        for answer in self.classifications_of(data_hash, branch).values():
+            for start, end in answer.get("range") or []:
+                for frame in range(int(start), int(end) + 1):
+                    found.setdefault(frame, []).append(answer)
+        return found
+
     def put_classifications(self, data_hash: str, branch: str, answers: dict[str, Any]) -> None:
         """Store classification ``answers`` in the row (created when missing)."""
         with self._lock:
@@ -441,7 +450,16 @@ class EncordStandin:
             confidence = answer.get("confidence", 1.0)
             if not isinstance(confidence, (int, float)) or not 0 <= confidence <= 1:
                 raise ApiError("CORRUPTED_LABEL_ERROR", f"confidence {confidence!r} not in [0, 1]")
-        if info.get("video"):
+        if info.get("video"):  # one instance of a classification a frame, in the video
+            spans: dict[str, list[tuple[int, int]]] = {}
+            for key, answer in saved.get("classification_answers", {}).items():
+                for start, end in answer.get("range") or []:
+                    if not 0 <= int(start) <= int(end) < info["frames"]:
+                        raise ApiError("CORRUPTED_LABEL_ERROR", f"{key}: range not in the video")
+                    taken = spans.setdefault(str(answer.get("featureHash")), [])
+                    if any(s <= int(end) and int(start) <= e for s, e in taken):
+                        raise ApiError("CORRUPTED_LABEL_ERROR", f"{key}: frames classified twice")
+                    taken.append((int(start), int(end)))
             frames = unit["labels"]
             if not isinstance(frames, dict) or "objects" in frames:
                 raise ApiError("CORRUPTED_LABEL_ERROR", "a video's labels are kept by frame")

@@ -23,7 +23,7 @@ from test_encord import CLASSES, png, upload_options
 from videos import draw_scene, write_video
 
 from connectors.base import UploadPlan
-from connectors.encord.format import objects_to_detections, prediction_objects
+from connectors.encord.format import encord_time, objects_to_detections, prediction_objects
 from connectors.encord.uploader import EncordUploader
 from connectors.encord.urls import data_url
 from engine.detections import Detections
@@ -287,16 +287,80 @@ def test_concurrent_deliveries_of_one_video_lose_no_frame(standin, video_row):
     }
 
 
-def test_a_classifiers_video_frames_are_refused_with_the_reason(standin):
-    project = standin.add_project("pets", [], radio=("species", ["cat", "dog"]))
+def classifier_frame(project, video, frame, scores):
+    det = Detections(np.zeros((len(scores), 4)), np.array(scores), np.arange(len(scores)))
+    return Prediction(det, ["cat", "dog", "owl"][: len(scores)], name="pets.mp4",
+                      url=data_url(project, video), frame_index=frame, height=H, width=W,
+                      task="classification")  # fmt: skip
+
+
+def test_a_classifiers_video_frames_are_frame_classifications_with_the_modes(standin):
+    project = standin.add_project("pets", [], radio=("species", ["cat", "dog", "owl"]))
     video = standin.add_video(project, "pets.mp4", W, H, FRAMES, FPS)
-    det = Detections(np.zeros((2, 4)), np.array([0.9, 0.1]), np.array([0, 1]))
-    frame = Prediction(det, ["cat", "dog"], name="pets.mp4", url=data_url(project, video),
-                       frame_index=2, height=H, width=W, task="classification")  # fmt: skip
-    uploader = EncordUploader()
+    owl = {"name": "owl", "value": "owl", "featureHash": "opt00002"}
+    person = {
+        "HUMANCL1": {
+            "classifications": [{"name": "species", "value": "species", "answers": [owl],
+                                 "featureHash": "attr0001", "manualAnnotation": True}],
+            "classificationHash": "HUMANCL1", "featureHash": "clas0001", "spaces": {},
+            "range": [[3, 4]], "createdBy": None, "createdAt": encord_time(),
+            "lastEditedBy": None, "lastEditedAt": encord_time(), "confidence": 1.0,
+            "manualAnnotation": True,
+        }
+    }  # fmt: skip
+    standin.put_classifications(video, "cls", person)
+    batch = [
+        classifier_frame(project, video, 2, [0.9, 0.1]),
+        classifier_frame(project, video, 3, [0.3, 0.6]),
+        classifier_frame(project, video, 7, [0.2, 0.8]),
+    ]
+    keys = [f"data:{video}:frame:{f}" for f in (2, 3, 7)]
     options = {"project_hash": project, "branch_name": "cls"}
+    uploader = EncordUploader()
     uploader.prepare(UploadPlan("job-c", "append", ["cat", "dog"], "classification", options))
-    result = uploader.deliver([frame])
-    assert result.delivered == []
-    assert "not uploaded to Encord yet" in result.failed[f"data:{video}:frame:2"]
-    assert standin.classifications_of(video, "cls") == {}
+    assert [uploader.item_key(p) for p in batch] == keys
+
+    def answers() -> dict[int, list[tuple]]:
+        return {
+            frame: sorted(
+                (a["classifications"][0]["answers"][0]["name"], a["confidence"],
+                 a["manualAnnotation"]) for a in found
+            )
+            for frame, found in standin.frame_classifications_of(video, "cls").items()
+        }  # fmt: skip
+
+    for _ in range(2):  # delivered twice: still one classification of the job a frame
+        result = uploader.deliver(batch)
+        assert result.delivered == [keys[0], keys[2]]
+        assert "frame 3 already holds a classification 'species'" in result.failed[keys[1]]
+    assert answers() == {
+        2: [("cat", 0.9, False)],
+        3: [("owl", 1.0, True)],
+        4: [("owl", 1.0, True)],
+        7: [("dog", 0.8, False)],
+    }
+    assert len(standin.classifications_of(video, "cls")) == 3
+    assert standin.frames_of(video, "cls") == {}  # no objects
+    # the official package reads the saved row: one classification instance a frame
+    parsed = sdk_video_row(standin, project, standin.rows[(video, "cls")])
+    for frame, (name, confidence) in {2: ("cat", 0.9), 7: ("dog", 0.8)}.items():
+        [instance] = parsed.get_classification_instances(filter_frames=frame)
+        assert instance.get_answer().title == name
+        assert instance.get_annotation(frame).confidence == pytest.approx(confidence)
+        assert [r.start for r in instance.range_list] == [frame]
+    # iou_merge: the person's answer on frame 3 wins, the job's stay once
+    uploader.prepare(UploadPlan("job-c", "iou_merge", ["cat", "dog"], "classification", options))
+    result = uploader.deliver(batch)
+    assert result.failed == {} and result.delivered == keys
+    assert answers()[3] == [("owl", 1.0, True)] and len(answers()[2]) == 1
+    # replace, in two batches: the person's answer goes, the job's frames of both stay
+    uploader.prepare(UploadPlan("job-c", "replace", ["cat", "dog"], "classification", options))
+    assert uploader.deliver(batch[:1]).failed == {}
+    assert uploader.deliver(batch[1:]).failed == {}
+    assert answers() == {
+        2: [("cat", 0.9, False)],
+        3: [("dog", 0.6, False)],
+        7: [("dog", 0.8, False)],
+    }
+    assert "HUMANCL1" not in standin.classifications_of(video, "cls")
+    assert standin.classifications_of(video, "main") == {}  # ground truth untouched

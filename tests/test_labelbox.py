@@ -554,3 +554,34 @@ def test_a_partly_refused_item_in_another_batch_or_uploader_never_lands_twice(la
     names = sorted(i["name"] for i in labelbox.imports.values() if "recovery" in i["name"])
     assert names == [f"tessera-split-recovery-{n}" for n in range(5)]
     assert len(uuids()) == 6 and set(uuids().values()) == {1}
+
+
+def test_a_batch_that_landed_then_failed_is_retried_item_by_item_without_duplicates(labelbox):
+    """The runtime retries a failed batch item by item (another import name): nothing twice."""
+    from connectors.base import DeliveryError, UploadPlan
+    from connectors.labelbox.uploader import LabelboxConnector
+
+    for key in ("s.png", "t.png"):
+        labelbox.add_data_row(key)
+    run_id = labelbox.add_model_run(["red", "green"])
+    connector = LabelboxConnector()
+    connector.prepare(UploadPlan("whole", "append", CLASSES, options={"model_run_id": run_id}))
+
+    def prediction(name: str) -> Prediction:
+        det = Detections(
+            np.array([[0, 0, 8, 8], [10, 0, 18, 8]], np.float32),
+            np.full(2, 0.9),
+            np.array([CLASSES.index("red"), CLASSES.index("green")]),
+        )
+        return Prediction(det, CLASSES, name=name)
+
+    s, t = prediction("s.png"), prediction("t.png")
+    labelbox.fail_next("503", op="files")  # the batch's import landed; its status file fails
+    with pytest.raises(DeliveryError):
+        connector.deliver([s, t])
+    assert len(labelbox.lines_of(run_id)) == 4
+    # the runtime gives up on the batch and delivers each item alone, on the same uploader
+    assert connector.deliver([s]).delivered == ["globalKey:s.png"]
+    assert connector.deliver([t]).delivered == ["globalKey:t.png"]
+    counts = Counter(line["uuid"] for line in labelbox.lines_of(run_id))
+    assert len(counts) == 4 and set(counts.values()) == {1}

@@ -61,6 +61,7 @@ __all__ = [
     "prediction_classification",
     "prediction_objects",
     "shapes_for_task",
+    "video_classification_hash",
     "video_object_hash",
 ]
 
@@ -316,6 +317,18 @@ def video_object_hash(prefix: str, frame: int, index: int) -> str:
     return f"{prefix}f{_base36(frame, 5)}o{_base36(index, 3)}"
 
 
+def video_classification_hash(prefix: str, frame: int) -> str:
+    """The hash of a job's classification instance on video frame ``frame``.
+
+    Example:
+        >>> video_classification_hash("ab12", 37)
+        'ab12f00011c'
+    """
+    if len(prefix) != 4 or frame < 0:
+        raise ValueError(f"classification hash prefix {prefix!r} / frame {frame}")
+    return f"{prefix}f{_base36(frame, 5)}c"
+
+
 def _base36(value: int, width: int) -> str:
     digits = ""
     while value or not digits:
@@ -408,12 +421,18 @@ def prediction_objects(
 
 
 def prediction_classification(
-    prediction: Prediction, classifier: Classifier, prefix: str, created_at: str | None = None
+    prediction: Prediction,
+    classifier: Classifier,
+    prefix: str,
+    created_at: str | None = None,
+    frame: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The classification instance of a classifier's prediction: ``{hash: answer}``.
 
     The answer is the class of the highest score, with that score as ``confidence``; a
-    prediction without classes gives ``{}``.
+    prediction without classes gives ``{}``. For a video ``frame``, the instance is on that
+    frame only (``range`` ``[[frame, frame]]``, hash `video_classification_hash`), the
+    shape `encord.objects.LabelRowV2` keeps a frame-level classification in.
 
     Raises:
         ValueError: The top class is not an option of ``classifier``.
@@ -426,7 +445,8 @@ def prediction_classification(
     if option is None:
         raise ValueError(f"class {name!r} is not an option of the Encord classification")
     stamp = created_at or encord_time()
-    key = object_hash(prefix, 0)
+    key = object_hash(prefix, 0) if frame is None else video_classification_hash(prefix, frame)
+    span = 0 if frame is None else int(frame)
     answer = {
         "name": classifier.attribute,
         "value": _snake(classifier.attribute),
@@ -440,7 +460,7 @@ def prediction_classification(
             "classificationHash": key,
             "featureHash": classifier.feature_hash,
             "spaces": {},
-            "range": [[0, 0]],
+            "range": [[span, span]],
             "createdBy": None,
             "createdAt": stamp,
             "lastEditedBy": None,

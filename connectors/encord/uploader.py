@@ -33,7 +33,13 @@ own frames). A frame's objects carry hashes derived from the job, the frame and 
 (`video_object_hash`), so a re-delivery rewrites them. Frames of one video may reach several
 uploader actors at once; each read-modify-save of a video row holds that row's lock
 (`RowLocks`, one named actor per job), so one batch never overwrites another's frames.
-Frames of a classifier are not uploaded yet (each goes to the dead letter with the reason).
+A classifier's frame is one frame-level classification instance (the radio answer, with
+its confidence) whose range is that frame only, in the row's ``classification_answers``
+(where `encord.objects.LabelRowV2` keeps a video's classifications; its frame ``labels``
+hold objects only), hashed from the job and the frame (`video_classification_hash`), so a
+re-delivery rewrites it. Encord keeps one instance of a classification a frame: ``append``
+refuses a frame that another's instance covers (that frame goes to the dead letter with the
+reason), ``iou_merge`` keeps the other's, ``replace`` overwrites it.
 """
 
 from __future__ import annotations
@@ -215,8 +221,6 @@ class EncordUploader(Connector):
             data_hash = self._data_hash(prediction)
             if data_hash is None:
                 failed[key] = f"no data unit titled {prediction.name!r} in the Encord project"
-            elif prediction.frame_index is not None and self.classifier is not None:
-                failed[key] = "a classifier's video frames are not uploaded to Encord yet"
             elif prediction.frame_index is not None:
                 frames.setdefault(data_hash, {})[int(prediction.frame_index)] = prediction
             else:
@@ -307,10 +311,12 @@ class EncordUploader(Connector):
                 if row is None:
                     continue
                 try:
-                    row.from_labels_dict(self._merged_frames(row, predictions))
+                    merged, refused = self._merged_frames(row, predictions)
+                    row.from_labels_dict(merged)
                 except Exception as exc:  # noqa: BLE001 - a bad video must not stop the others
                     failed.update(dict.fromkeys(keys(data_hash), f"{type(exc).__name__}: {exc}"))
                     continue
+                failed.update({f"data:{data_hash}:frame:{f}": r for f, r in refused.items()})
                 ready.append(row)
             # 4) save them, bundled
             for chunk in _chunks(ready, self.bundle_size):
@@ -334,8 +340,14 @@ class EncordUploader(Connector):
             for data_hash in reversed(taken):
                 _release(locks, data_hash, owner)
 
-    def _merged_frames(self, row: Any, predictions: dict[int, Prediction]) -> dict[str, Any]:
-        """The row with the job's objects on the frames of ``predictions``."""
+    def _merged_frames(
+        self, row: Any, predictions: dict[int, Prediction]
+    ) -> tuple[dict[str, Any], dict[int, str]]:
+        """The row with the job's objects (or classifications) on the frames of ``predictions``.
+
+        Also returns the frames refused (frame -> reason): those the job's classification
+        cannot go on.
+        """
         row_dict = row.to_encord_dict()
         unit = row_dict["data_units"][row.data_hash]
         labels = unit.get("labels") or {}
@@ -357,7 +369,11 @@ class EncordUploader(Connector):
             value = frames.get(str(frame), {"objects": [], "classifications": []})
             existing = value.get("objects", [])
             kept = [] if self.mode == "replace" else [o for o in existing if not self._ours(o)]
-            new = prediction_objects(prediction, self.features, self.prefix)
+            new = (
+                []
+                if self.classifier
+                else prediction_objects(prediction, self.features, self.prefix)
+            )
             for i, obj in enumerate(new):
                 obj["objectHash"] = video_object_hash(self.prefix, frame, i)
             if self.mode == "iou_merge":
@@ -371,7 +387,53 @@ class EncordUploader(Connector):
         }
         if self.mode == "replace":
             row_dict["object_actions"] = {}
-        return row_dict
+        refused: dict[int, str] = {}
+        if self.classifier is not None:
+            row_dict["classification_answers"], refused = self._classified_frames(
+                row_dict, predictions
+            )
+        return row_dict, refused
+
+    def _classified_frames(
+        self, row_dict: dict[str, Any], predictions: dict[int, Prediction]
+    ) -> tuple[dict[str, Any], dict[int, str]]:
+        """The video row's classification answers with the job's on the frames of ``predictions``.
+
+        One instance of a classification a frame: a frame another's instance of the job's
+        classification covers is refused (``append``; frame -> reason), or keeps it
+        (``iou_merge``); ``replace`` keeps only the job's (on its other frames).
+        """
+        assert self.classifier is not None
+        kept: dict[str, Any] = {}
+        for h, answer in row_dict.get("classification_answers", {}).items():
+            ours = self._ours({"objectHash": h, **answer})
+            if ours and any(_covers(answer, f) for f in predictions):
+                continue  # the job's own on these frames: rewritten below
+            if ours or self.mode != "replace":
+                kept[h] = answer
+        refused: dict[int, str] = {}
+        for frame, prediction in sorted(predictions.items()):
+            taken = [
+                h
+                for h, a in kept.items()
+                if a.get("featureHash") == self.classifier.feature_hash and _covers(a, frame)
+            ]
+            if taken and self.mode == "iou_merge":
+                continue  # the frame's own answer wins, as an overlapping object would
+            if taken:
+                refused[frame] = (
+                    f"frame {frame} already holds a classification {self.classifier.attribute!r} "
+                    f"({taken[0]}) on branch {self.branch!r}, and Encord keeps one per frame; "
+                    "upload='replace' overwrites it, 'iou_merge' keeps it"
+                )
+                continue
+            try:
+                kept.update(
+                    prediction_classification(prediction, self.classifier, self.prefix, frame=frame)
+                )
+            except ValueError as exc:
+                refused[frame] = f"ValueError: {exc}"
+        return kept, refused
 
     def _ours(self, obj: dict[str, Any]) -> bool:
         return str(obj.get("objectHash", "")).startswith(self.prefix) and not obj.get(
@@ -494,6 +556,11 @@ def _save(project: Any, rows: list[Any]) -> None:
     with project.create_bundle(bundle_size=len(rows)) as bundle:
         for row in rows:
             row.save(bundle=bundle)
+
+
+def _covers(answer: dict[str, Any], frame: int) -> bool:
+    """Whether a classification answer's ``range`` (``[[start, end], ...]``) holds ``frame``."""
+    return any(int(span[0]) <= frame <= int(span[1]) for span in answer.get("range") or [])
 
 
 def _row_objects(row: Any) -> list[dict[str, Any]]:

@@ -117,6 +117,8 @@ class LabelboxConnector(Connector):
         self._run: Any = None
         self._recovered: dict[str, str | None] = {}  # line uuid -> recovery outcome
         self._recoveries_read = 0  # the job's recovery imports read so far
+        self._tried: dict[str, list[str]] = {}  # item key -> batch imports tried in this process
+        self._tried_read: set[str] = set()  # those already read back
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -272,6 +274,7 @@ class LabelboxConnector(Connector):
                 retry=False,
             )
             self._read_recoveries()
+            self._read_tried(item_lines)
             outcome: dict[str, str | None] = {}  # line uuid -> None (landed) or the refusal
             again: list[list[dict[str, Any]]] = []  # per item, the lines to send once more
             fresh: list[str] = []
@@ -312,6 +315,8 @@ class LabelboxConnector(Connector):
         earlier: set[str] = set()  # uuids an earlier try's import held
         for part, chunk in enumerate(_chunks(lines)):
             name = f"tessera-{self.job_id}-{digest}-{part}"
+            for key in dict.fromkeys(k for k in fresh for line in item_lines[k] if line in chunk):
+                self._tried.setdefault(key, []).append(name)  # before sending: a lost answer
             job, before = self._find_or_create(run, name, chunk)
             rows = self._status_rows(job, name)
             for line in chunk:
@@ -344,6 +349,23 @@ class LabelboxConnector(Connector):
         what = f"Labelbox import {name}"
         job = self.client.call(what, lambda _: run.add_predictions(name, lines), retry=False)
         return job, False
+
+    def _read_tried(self, item_lines: dict[str, list[dict[str, Any]]]) -> None:
+        """Learn what the batch imports tried earlier in this process hold for these items.
+
+        The runtime retries a failed batch item by item, so the retry's import has another
+        name than the batch's; an item whose lines an earlier batch import of this process
+        holds is then treated like one a recovery import knows: what landed there is never
+        sent again.
+        """
+        names = dict.fromkeys(n for key in item_lines for n in self._tried.get(key, ()))
+        for name in names:
+            if name in self._tried_read:
+                continue
+            job = self._earlier_import(name)
+            if job is not None:
+                self._learn(self._status_rows(job, name))
+            self._tried_read.add(name)
 
     def _recovery_name(self, number: int) -> str:
         return f"tessera-{self.job_id}-recovery-{number}"
