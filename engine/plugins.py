@@ -231,12 +231,26 @@ class Platform:
         return int(text)
 
     def resolve_inputs(self, ids: dict[str, list[Any]]) -> PlatformInputs:
-        """List the media that ``ids`` (plural keyword -> ids) stand for."""
-        raise NotImplementedError(f"platform {self.name!r} takes no input ids")
+        """List the media that ``ids`` (plural keyword -> ids) stand for.
+
+        Raises:
+            PluginError: The platform declares input keywords but does not resolve them.
+        """
+        raise PluginError(
+            f"platform {self.name!r} declares the inputs {', '.join(ids) or 'none'} "
+            "but does not resolve them (its plug-in lacks resolve_inputs)"
+        )
 
     def fetcher(self) -> Callable[[str], bytes]:
-        """A function that downloads one media URL of `url_scheme`."""
-        raise NotImplementedError(f"platform {self.name!r} has no media fetcher")
+        """A function that downloads one media URL of `url_scheme`.
+
+        Raises:
+            PluginError: The platform declares a URL scheme but has no fetcher for it.
+        """
+        raise PluginError(
+            f"platform {self.name!r} has no media fetcher for {self.url_scheme or 'its'}:// URLs "
+            "(its plug-in lacks fetcher)"
+        )
 
     def read_local(self, directory: Path) -> list[InputRef] | None:
         """The media of a local dataset in this platform's layout, or None if not one.

@@ -91,3 +91,19 @@ def test_format_modules_import_no_ray():
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_a_platform_missing_a_part_it_declares_is_a_clear_error():
+    import pytest
+
+    from engine import plugins
+
+    class Half(plugins.Platform):
+        name = "half"
+        input_keywords = {"half_ids": "a half id"}
+        url_scheme = "half"
+
+    with pytest.raises(plugins.PluginError, match="'half' declares the inputs half_ids"):
+        Half().resolve_inputs({"half_ids": [1]})
+    with pytest.raises(plugins.PluginError, match="no media fetcher for half:// URLs"):
+        Half().fetcher()
