@@ -193,7 +193,7 @@ def _predict(args: argparse.Namespace) -> int:
     outputs = {"out": args.out, "format": args.format}
     if args.upload or args.to:
         outputs.update(
-            upload=args.upload, to=args.to, upload_options=_key_values(args.upload_option)
+            upload=args.upload, to=args.to, upload_options=key_values(args.upload_option)
         )
     results = model.predict(inputs, **outputs, **options)
     if args.visualize:
@@ -224,13 +224,21 @@ def _upload_lost(outputs: dict[str, Any]) -> bool:
     )
 
 
-def _key_values(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values read as JSON when they parse)."""
+def key_values(pairs: Sequence[str], option: str = "--upload-option") -> dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values read as JSON when they parse).
+
+    Raises:
+        ValueError: A pair without ``=``; the message names ``option``.
+
+    Example:
+        >>> key_values(["deployment_id=d-1", "queue_size=10"], "--monitor-option")
+        {'deployment_id': 'd-1', 'queue_size': 10}
+    """
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--upload-option: expected KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{option}: expected KEY=VALUE, got {pair!r}")
         try:
             options[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -6,6 +6,7 @@ Python over a `ModelAdapter`, so it is tested without Ray.
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ class ImageResult:
 
     detections: Detections | None
     error: str | None = None
+    latency_s: float | None = None
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -66,13 +68,15 @@ def predict_images(
             resize_image(im, settings.general.img_size) if settings.general.img_size else im
             for im in originals
         ]
-        for original, model_input, outcome in zip(
-            originals, inputs, _infer_isolating_failures(adapter, inputs, settings.general.conf)
-        ):
+        started = time.perf_counter()
+        outcomes = list(_infer_isolating_failures(adapter, inputs, settings.general.conf))
+        share = (time.perf_counter() - started) / len(inputs)
+        for original, model_input, outcome in zip(originals, inputs, outcomes):
             if isinstance(outcome, str):
                 results.append(ImageResult(None, outcome))
                 continue
-            results.append(ImageResult(_postprocess(outcome, original, model_input, settings)))
+            found = _postprocess(outcome, original, model_input, settings)
+            results.append(ImageResult(found, latency_s=share))
     return results
 
 
@@ -103,11 +107,15 @@ def predict_images_tiled(
             views.append(None)
     # 1) + 2) crops are cut lazily, so a band is dropped once its tiles are predicted
     parts: list[list[Detections]] = [[] for _ in images]
+    spent = [0.0] * len(images)
     for chunk in _batched(_crops(views, settings, errors), settings.general.batch_size):
-        outcomes = _infer_isolating_failures(
-            adapter, [c.pixels for c in chunk], settings.general.conf
+        started = time.perf_counter()
+        outcomes = list(
+            _infer_isolating_failures(adapter, [c.pixels for c in chunk], settings.general.conf)
         )
+        share = (time.perf_counter() - started) / len(chunk)
         for crop, outcome in zip(chunk, outcomes):
+            spent[crop.index] += share
             if isinstance(outcome, str):
                 errors.setdefault(crop.index, outcome)
                 continue
@@ -131,7 +139,7 @@ def predict_images_tiled(
         (h, w), (mh, mw) = view.original_size, (view.height, view.width)
         if (h, w) != (mh, mw):
             merged = merged.scaled(w / mw, h / mh, h, w)
-        results.append(ImageResult(merged))
+        results.append(ImageResult(merged, latency_s=spent[index]))
     return results
 
 

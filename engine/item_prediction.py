@@ -167,6 +167,7 @@ def item_prediction(
         height=int(size[0]),
         width=int(size[1]),
         error=result.error,
+        latency_ms=None if result.latency_s is None else result.latency_s * 1000.0,
         index=item.index,
         task=task,
         image=image,

@@ -177,6 +177,73 @@ class Uploader(Protocol):
         """Prepare the destination and start uploading in the background."""
 
 
+@dataclass
+class MonitoredImage:
+    """One answered image, as a deployment monitor receives it (`Monitor`).
+
+    Attributes:
+        key: Names this image for good (``"<request id>:<position>"``); a monitor sends
+            it at most once, and a retry of it is recognised by the platform.
+        prediction: The model's prediction (original-image pixels).
+        latency_s: The model's time for this image, in seconds.
+        timestamp: When the image was answered (seconds since the epoch); stays the same
+            on every retry.
+        image: The image as it was received (encoded bytes), or None.
+        content_type: The bytes' media type (``image/png``...), or None.
+        source: Where the image came from (the server's name for it), or None.
+        tags: Free tags for the platform.
+        shadow: The shadow model's prediction of the same image, or None.
+        shadow_latency_s: The shadow model's time, in seconds, or None.
+    """
+
+    key: str
+    prediction: Prediction
+    latency_s: float
+    timestamp: float
+    image: bytes | None = None
+    content_type: str | None = None
+    source: str | None = None
+    tags: list[str] = field(default_factory=list)
+    shadow: Prediction | None = None
+    shadow_latency_s: float | None = None
+
+
+@runtime_checkable
+class MonitorSink(Protocol):
+    """A running deployment monitor: takes images without ever blocking, sends them later."""
+
+    def submit(self, record: MonitoredImage) -> bool:
+        """Queue ``record`` at once; False when the queue was full (counted, dead-lettered)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counts so far: ``queued``, ``delivered``, ``dead``, ``overflow``, ``pending``."""
+
+    def close(self, timeout: float | None = None) -> dict[str, Any]:
+        """Send what is queued (waiting up to ``timeout`` s), stop, and return `stats`."""
+
+
+@runtime_checkable
+class Monitor(Protocol):
+    """A platform's monitoring of a deployment (``tessera serve --monitor NAME``)."""
+
+    name: str
+
+    def validate(self) -> None:
+        """Raise ValueError when the monitor cannot run (a missing credential), at once."""
+
+    def start_monitor(
+        self,
+        class_names: list[str],
+        task: str,
+        shadow_class_names: list[str] | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> MonitorSink:
+        """Start sending in the background; the returned sink never blocks its caller.
+
+        ``options`` None: the options the monitor was built with (`Platform.monitor`).
+        """
+
+
 class Platform:
     """A labeling platform (or a family of local formats) as a plug-in.
 
@@ -273,6 +340,14 @@ class Platform:
 
     def uploader(self, **options: Any) -> Uploader | None:
         """Build the uploader (``to=NAME``) with its options, or None when there is none."""
+        return None
+
+    def monitor(self, **options: Any) -> Monitor | None:
+        """Build the deployment monitor (``--monitor NAME``) with its options, or None.
+
+        ``options`` are every ``--monitor-option`` (the platform's, and the runtime's queue
+        and rate settings); ``start_monitor`` without options uses them.
+        """
         return None
 
     def __repr__(self) -> str:
@@ -532,6 +607,27 @@ def uploader(name: str, **options: Any) -> Uploader:
     if made is None:
         raise PluginError(
             f"unknown connector {name!r}; known connectors: {', '.join(uploader_names()) or 'none'}"
+        )
+    return made
+
+
+def monitor_names() -> list[str]:
+    """The platforms that monitor deployments (``--monitor``), sorted."""
+    return sorted(n for n, p in platforms().items() if type(p).monitor is not Platform.monitor)
+
+
+def monitor(name: str, **options: Any) -> Monitor:
+    """Build the deployment monitor of platform ``name`` (``--monitor name``).
+
+    Raises:
+        PluginError: No platform of that name monitors deployments; lists those that do.
+    """
+    built = platforms().get(str(name).lower())
+    made = built.monitor(**options) if built is not None else None
+    if made is None:
+        raise PluginError(
+            f"unknown monitor {name!r}; platforms that monitor deployments: "
+            f"{', '.join(monitor_names()) or 'none'}"
         )
     return made
 

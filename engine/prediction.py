@@ -30,6 +30,9 @@ class Prediction:
         height: Original image height in pixels (0 when the image could not be read).
         width: Original image width in pixels.
         error: Why this item could not be predicted, or None.
+        latency_ms: The model's time for this image, in milliseconds: its share of the
+            model call that predicted it (a batch's time split evenly over its images; a
+            tiled image's, the sum over its tiles), or None when it was not predicted.
         index: Position of the item in the input.
         task: The model's task ("detection", "classification", ...).
         image: The decoded image when the input was in memory (array or PIL).
@@ -52,6 +55,7 @@ class Prediction:
     height: int = 0
     width: int = 0
     error: str | None = None
+    latency_ms: float | None = None
     index: int = 0
     task: str = "detection"
     image: np.ndarray | None = field(default=None, repr=False, compare=False)

@@ -5,6 +5,7 @@ A prediction is a JSON object with every key present::
     {"index": 0, "source": "file", "name": "a.png", "path": "/data/a.png", "url": null,
      "dataset": null, "frame_index": null, "timestamp": null,
      "height": 480, "width": 640, "error": null,
+     "latency_ms": 11.8,                     # the model's time for the image, or null
      "boxes": [[x1, y1, x2, y2], ...],       # original-image pixels, x2/y2 exclusive
      "scores": [0.98, ...], "classes": ["car", ...], "class_idxs": [2, ...],
      "masks": [{"size": [h, w], "counts": "<COCO RLE string>"}, ...] | null,
@@ -42,6 +43,9 @@ from engine.detections import Detections
 from engine.prediction import Prediction
 from engine.schemas import PREDICTION_FIELDS
 
+#: Decimals a rounded ``latency_ms`` keeps.
+LATENCY_DECIMALS = 3
+
 __all__ = ["prediction_from_json", "prediction_to_json"]
 
 #: Decimals of coordinates and of scores with ``rounded=True``.
@@ -73,6 +77,8 @@ def prediction_to_json(
     coordinates, scores = (COORDINATE_DECIMALS, SCORE_DECIMALS) if rounded else (None, None)
     keypoints = prediction.keypoints
     out: dict[str, Any] = {name: _plain(getattr(prediction, name)) for name in PREDICTION_FIELDS}
+    if rounded and out.get("latency_ms") is not None:
+        out["latency_ms"] = round(float(out["latency_ms"]), LATENCY_DECIMALS)
     out.update(
         boxes=_numbers(prediction.boxes, coordinates),
         scores=_numbers(prediction.scores, scores),

@@ -1,16 +1,17 @@
 """The rows of a prediction plan: item rows in, prediction rows out, as Arrow schemas.
 
 Both rows open with the index and where the item came from (`ITEM_ORIGIN`); a prediction
-row adds the video frame (``frame_index``, ``timestamp``), the image size, the error
-(together `PREDICTION_FIELDS`) and the `Detections` columns. This is the one place these
-fields are declared: `Item.to_row`, `Prediction.to_row`, `Prediction.from_arrow`, the
-JSON codec (`engine.prediction_json`) and `engine.item_prediction` take them from here.
+row adds the video frame (``frame_index``, ``timestamp``), the image size, the error, the
+model's time for the image (``latency_ms``; together `PREDICTION_FIELDS`) and the
+`Detections` columns. This is the one place these fields are declared: `Item.to_row`,
+`Prediction.to_row`, `Prediction.from_arrow`, the JSON codec (`engine.prediction_json`) and
+`engine.item_prediction` take them from here.
 
 Example:
     >>> ITEM_ORIGIN
     ('source', 'name', 'path', 'url', 'dataset')
-    >>> PREDICTION_FIELDS[-4:]
-    ('timestamp', 'height', 'width', 'error')
+    >>> PREDICTION_FIELDS[-5:]
+    ('timestamp', 'height', 'width', 'error', 'latency_ms')
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ PREDICTION_SCHEMA = pa.schema(
         pa.field("height", pa.int64()),
         pa.field("width", pa.int64()),
         pa.field("error", pa.string()),
+        pa.field("latency_ms", pa.float64()),
         *DETECTIONS_ARROW_FIELDS,
     ]
 )

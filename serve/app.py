@@ -69,6 +69,7 @@ from ray.serve import Application
 from engine.sources.decode import DEFAULT_MAX_PIXELS
 from serve.ingress import DEFAULT_MAX_IMAGES, Ingress, ServerConfig
 from serve.monitoring import DEFAULT_MONITORING_PATH
+from serve.platform_monitor import check_monitor
 from serve.predictor import Predictor
 from serve.security import URLPolicy
 
@@ -94,6 +95,8 @@ def build_app(
     shadow_model: Any = None,
     model_options: dict[str, Any] | None = None,
     max_images: int = DEFAULT_MAX_IMAGES,
+    monitor: str | None = None,
+    monitor_options: dict[str, Any] | None = None,
 ) -> Application:
     """Build the Serve application: Predictor (+ Shadow) replicas behind the Ingress.
 
@@ -118,12 +121,21 @@ def build_app(
             its predictions and latency go to the monitoring file.
         model_options: `resolve_model` options (pretrained, weights, classes, ...).
         max_images: Most images per ``/predict`` request.
+        monitor: A platform that monitors the deployment (``"picsellia"``): every
+            answered image (with the shadow's prediction, when one runs) is queued for it
+            and sent by sender actors, off the request path
+            (`serve.platform_monitor.PlatformMonitor`). Credentials come from the
+            environment (e.g. ``PICSELLIA_API_TOKEN``).
+        monitor_options: The monitor's options (``deployment_id``...; runtime ones:
+            ``queue_size``, ``num_senders``, ``requests_per_second``, ``max_in_flight``,
+            ``dead_letter``; ``source`` and ``tags`` for every record).
 
     Returns:
         The application, for `run` or ``serve.run``.
 
     Raises:
-        ValueError: A bad device, replica count, batch setting or network.
+        ValueError: A bad device, replica count, batch setting or network; an unknown
+            monitor, or one without credentials.
 
     Example:
         >>> app = build_app("reference/color-boxes", max_batch_size=16)  # doctest: +SKIP
@@ -138,6 +150,11 @@ def build_app(
     if isinstance(allow_private_urls, (list, tuple)):
         allow_private_urls = tuple(str(n) for n in allow_private_urls)
     URLPolicy.from_option(allow_private_urls)  # a bad network fails here, not in a replica
+    if monitor_options is not None and not isinstance(monitor_options, Mapping):
+        raise ValueError(f"monitor_options must be a mapping, got {monitor_options!r}")
+    if monitor_options and monitor is None:
+        raise ValueError("monitor_options were given without a monitor (e.g. monitor='picsellia')")
+    check_monitor(monitor, dict(monitor_options or {}))
     replica_device, actor_options = replica_placement(device, gpus_per_replica)
     scaling: dict[str, Any] = {"autoscaling_config": autoscaling_config}
     if autoscaling_config is None:
@@ -167,6 +184,8 @@ def build_app(
         max_pixels=max_pixels,
         allow_private_urls=allow_private_urls,
         monitoring_path=monitoring_path or DEFAULT_MONITORING_PATH,
+        monitor=monitor,
+        monitor_options=dict(monitor_options or {}),
         max_images=max_images,
         **batching,
     )

@@ -61,6 +61,20 @@ class ServeCommand:
         )
         parser.add_argument("--shadow", default=None, help="a shadow model that sees every image")
         parser.add_argument(
+            "--monitor",
+            default=None,
+            metavar="PLATFORM",
+            help="send every answered image to this platform's deployment monitoring "
+            "(e.g. picsellia; credentials from the environment)",
+        )
+        parser.add_argument(
+            "--monitor-option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a monitor option, e.g. deployment_id=..., queue_size=1000 (repeatable)",
+        )
+        parser.add_argument(
             "--allow-private-urls",
             action="store_true",
             help="let URL inputs point to loopback, private and link-local addresses",
@@ -94,8 +108,10 @@ class ServeCommand:
 
         from engine.runtime import ensure_ray
         from serve.app import run
+        from serve.platform_monitor import check_monitor
 
         options = serve_options(args)
+        check_monitor(options["monitor"], options["monitor_options"])  # before Ray starts
         ensure_ray(args.address)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
         auth = "bearer token required" if options["token"] else "no token"
@@ -129,6 +145,7 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
         >>> serve_options(args)["batch_wait_timeout_s"]
         0.02
     """
+    from engine.cli import key_values
     from serve.security import parse_networks
 
     model_options: dict[str, Any] = {}
@@ -151,6 +168,8 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
         "monitoring_path": args.monitoring,
         "shadow_model": args.shadow,
         "model_options": model_options or None,
+        "monitor": args.monitor,
+        "monitor_options": key_values(args.monitor_option, "--monitor-option") or None,
     }
     if args.max_pixels is not None:
         options["max_pixels"] = args.max_pixels

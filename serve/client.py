@@ -157,7 +157,8 @@ class RemoteModel:
                 answer = self._call("POST", "/predict", json={**body, "settings": settings})
                 (row,) = answer["predictions"]
                 remote = prediction_from_json(row, self.classes, self.task)
-                result = ImageResult(remote.detections, remote.error)
+                latency = None if remote.latency_ms is None else remote.latency_ms / 1000.0
+                result = ImageResult(remote.detections, remote.error, latency)
                 size = (remote.height, remote.width)
             except RemoteError as e:
                 result = ImageResult(None, str(e))

@@ -38,6 +38,7 @@ from serve.inputs import (
     parse_session_request,
 )
 from serve.monitoring import DEFAULT_MONITORING_PATH, MonitoringSink, image_summaries
+from serve.platform_monitor import PlatformMonitor
 from serve.schema import SERVE_SETTINGS, ApiError, prediction_to_json
 from serve.security import URLPolicy, check_token
 from serve.sessions import SessionInput, SessionRegistry
@@ -67,6 +68,8 @@ class ServerConfig:
         max_pixels: Largest image (width * height); requests may only lower it.
         allow_private_urls: True, or networks allowed for URL inputs (see `URLPolicy`).
         monitoring_path: The JSONL file of the monitoring sink.
+        monitor: A platform that monitors the deployment (``--monitor NAME``), or None.
+        monitor_options: Its options (`serve.platform_monitor.PlatformMonitor`).
         max_images: Most images per ``/predict`` request.
         max_batch_size: The Predictor's batch size (reported by ``/info``).
         batch_wait_timeout_s: The Predictor's batch wait (reported by ``/info``).
@@ -80,6 +83,8 @@ class ServerConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     allow_private_urls: bool | tuple[str, ...] = False
     monitoring_path: str = DEFAULT_MONITORING_PATH
+    monitor: str | None = None
+    monitor_options: dict[str, Any] | None = None
     max_images: int = DEFAULT_MAX_IMAGES
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.01
@@ -102,6 +107,9 @@ class Ingress:
         self.config = config
         self.policy = URLPolicy.from_option(config.allow_private_urls)
         self.sink = MonitoringSink(config.monitoring_path)
+        self.platform_monitor = (
+            PlatformMonitor(config.monitor, config.monitor_options) if config.monitor else None
+        )
         self.sessions = SessionRegistry(self._deploy_for_sessions)
         self._infos: dict[str, ModelInfo] = {}
         self._background: set[asyncio.Task] = set()
@@ -112,6 +120,8 @@ class Ingress:
 
     def __del__(self) -> None:
         self.sessions.close()
+        if self.platform_monitor is not None:
+            self.platform_monitor.close(timeout=5.0)
 
     # ------------------------------------------------------------------ model
     async def model_info(self, which: str = "main") -> ModelInfo:
@@ -179,9 +189,15 @@ class Ingress:
             for index, (item, image, result) in enumerate(zip(parsed.inputs, images, results))
         ]
         request.state.images = image_summaries(predictions)
-        # 5) the shadow model gets the same images, off the request path
+        # 5) the shadow model gets the same images, off the request path; the platform
+        #    monitor gets them (with the shadow's predictions, once they are known) queued
+        request_id = request.state.request_id
+        if self.platform_monitor is not None:
+            await self._start_monitor(info)
         if self.shadow is not None:
-            self._in_background(self._shadow(request.state.request_id, images, parsed.options))
+            self._in_background(self._shadow(request_id, images, parsed.options, predictions, data))
+        elif self.platform_monitor is not None:
+            self.platform_monitor.submit(request_id, predictions, data)
         return {
             "model": info.name,
             "task": info.task,
@@ -190,8 +206,23 @@ class Ingress:
             "predictions": [prediction_to_json(p, parsed.annotation) for p in predictions],
         }
 
-    async def _shadow(self, request_id: str, images: list[Any], options: dict[str, Any]) -> None:
+    async def _start_monitor(self, info: ModelInfo) -> None:
+        monitor = self.platform_monitor
+        if monitor is None or monitor.started:
+            return
+        shadow = list((await self.model_info("shadow")).classes) if self.shadow else None
+        await asyncio.to_thread(monitor.start, list(info.classes), info.task, shadow)
+
+    async def _shadow(
+        self,
+        request_id: str,
+        images: list[Any],
+        options: dict[str, Any],
+        predictions: list[Prediction] | None = None,
+        data: list[bytes] | None = None,
+    ) -> None:
         started = time.perf_counter()
+        shadow_predictions: list[Prediction] | None = None
         record: dict[str, Any] = {"kind": "shadow", "request_id": request_id}
         try:
             info = await self.model_info("shadow")
@@ -208,11 +239,17 @@ class Ingress:
                 _prediction(ImageInput(f"image_{i}"), image, result, i, info)
                 for i, (image, result) in enumerate(zip(images, results))
             ]
-            record.update(status="ok", images=image_summaries(predictions))
+            shadow_predictions = [
+                _prediction(ImageInput(f"image_{i}"), image, result, i, info)
+                for i, (image, result) in enumerate(zip(images, results))
+            ]
+            record.update(status="ok", images=image_summaries(shadow_predictions))
         except Exception as exc:
             record.update(status="error", error=root_cause(exc))
         record["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
         self.sink.write(record)
+        if self.platform_monitor is not None and predictions is not None:
+            self.platform_monitor.submit(request_id, predictions, data or [], shadow_predictions)
 
     def _in_background(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -390,6 +427,7 @@ def build_api(server: Ingress) -> FastAPI:
                 "batch_wait_timeout_s": config.batch_wait_timeout_s,
             },
             "shadow_model": (await server.model_info("shadow")).name if server.shadow else None,
+            "monitor": server.platform_monitor.stats() if server.platform_monitor else None,
         }
 
     @app.get("/healthz", summary="Liveness (no token needed)")

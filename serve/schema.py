@@ -6,6 +6,7 @@ A prediction travels as `engine.prediction_json.prediction_to_json` writes it, r
     {"index": 0, "name": "a.png", "source": "upload", "path": null, "url": null,
      "dataset": null, "frame_index": null, "timestamp": null,
      "width": 640, "height": 480, "error": null,
+     "latency_ms": 11.8,                      # the model's time for this image
      "boxes": [[x1, y1, x2, y2], ...],        # original-image pixels, x2/y2 exclusive
      "scores": [0.98, ...], "class_idxs": [2, ...], "classes": ["car", ...],
      "masks": [{"size": [h, w], "counts": "<COCO RLE string>"}, ...] | null,

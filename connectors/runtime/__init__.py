@@ -32,7 +32,10 @@ answer, or a resume after a crash mid-request, must not create duplicates.
 
 The parts: `limiter` (`RateLimiter`, `LimiterGate`, `new_rate_limiter`), `uploader`
 (`Uploader`, `BatchOutcome`, `new_uploader`, `DEFAULT_RETRY`) and `job` (`UploadJob`,
-`RUNTIME_OPTIONS`, `PREDICTION_FAILED`). Every public name is importable from this package.
+`RUNTIME_OPTIONS`, `PREDICTION_FAILED`); for deployment monitors, `monitor_target`
+(`MonitorTarget`, what a platform implements) and `monitor` (`MonitorJob`: a bounded queue
+that never blocks the server, sender actors, a dead letter). Every public name is
+importable from this package.
 """
 
 from __future__ import annotations
@@ -40,12 +43,18 @@ from __future__ import annotations
 from connectors.journal import job_dir
 from connectors.runtime.job import PREDICTION_FAILED, RUNTIME_OPTIONS, UploadJob
 from connectors.runtime.limiter import LimiterGate, RateLimiter, new_rate_limiter
+from connectors.runtime.monitor import MonitorJob, MonitorSender
+from connectors.runtime.monitor_target import MONITOR_OPTIONS, MonitorTarget
 from connectors.runtime.uploader import DEFAULT_RETRY, BatchOutcome, Uploader, new_uploader
 
 __all__ = [
     "BatchOutcome",
     "DEFAULT_RETRY",
     "LimiterGate",
+    "MONITOR_OPTIONS",
+    "MonitorJob",
+    "MonitorSender",
+    "MonitorTarget",
     "PREDICTION_FAILED",
     "RUNTIME_OPTIONS",
     "RateLimiter",
