@@ -1,8 +1,9 @@
 """Upload throughput to each platform's stand-in under its rate limit.
 
-Supervisely: 2,000 predictions (below). Labelbox and Encord: `upload_labelbox.measure` and
-`upload_encord.measure` (the official SDKs against their stand-ins), written under the
-``labelbox`` and ``encord`` keys of the same results file.
+Supervisely: 2,000 predictions (below). Labelbox, Encord and Kognic:
+`upload_labelbox.measure`, `upload_encord.measure` and `upload_kognic.measure` (the official
+clients against their stand-ins; Kognic at most 10 connections), written under the
+``labelbox``, ``encord`` and ``kognic`` keys of the same results file.
 
 The stand-in server (tests/sly_standin.py, a real HTTP server on loopback) enforces 50
 requests per second (a request over the limit gets 429 with Retry-After) and answers
@@ -116,9 +117,14 @@ def main() -> None:
         }
     ray.shutdown()
     import upload_encord
+    import upload_kognic
     import upload_labelbox
 
-    others = {"labelbox": upload_labelbox.measure(), "encord": upload_encord.measure()}
+    others = {
+        "labelbox": upload_labelbox.measure(),
+        "encord": upload_encord.measure(),
+        "kognic": upload_kognic.measure(),
+    }
 
     span = records[-1].time - records[0].time if len(records) > 1 else 0.0
     achieved = (len(records) - 1) / span if span > 0 else 0.0

@@ -103,6 +103,14 @@ def test_recursive_directory_descends(reference_model, image_dir):
         assert_boxes(prediction, boxes)
 
 
+def test_each_image_carries_its_share_of_the_model_time_tiled_or_not(reference_model):
+    images = [scene(seed)[0] for seed in (40, 41, 42)]
+    for options in ({}, {"sliding_window": True, "window_size": 64, "overlap": 0.2}):
+        predictions = reference_model.predict(images, batch_size=2, progress=False, **options)
+        assert all(p.latency_ms is not None and p.latency_ms > 0 for p in predictions)
+        assert predictions[0].to_dict()["latency_ms"] == round(predictions[0].latency_ms, 3)
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 16])
 def test_batch_size_does_not_change_results(reference_model, batch_size):
     scenes = [scene(20 + i) for i in range(7)]
@@ -181,6 +189,9 @@ def test_bad_items_get_errors_and_never_lose_the_others(reference_model, tmp_pat
     assert "pixels" in errors[6] and "limit" in errors[6]
     assert_boxes(predictions[7], good_boxes)
     assert len(predictions.failed) == 7
+    # the model's time is measured per image; an image the model never saw has none
+    assert predictions[7].latency_ms > 0
+    assert all(p.latency_ms is None for p in predictions[:7])
 
 
 def test_non_image_files_in_a_directory_are_skipped_and_counted(reference_model, tmp_path):
