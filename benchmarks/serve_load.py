@@ -178,13 +178,14 @@ def monitor_overhead(url: str, body: bytes, port: int, rounds: int, dead_letter:
     from ray import serve
     from serve_helpers import free_port
 
+    from engine.models.reference import COLORS
     from serve.app import run
 
     options = {
         "deployment_id": "bench",
         "api_token": "bench-token",
         "monitoring_host": f"http://127.0.0.1:{free_port()}",  # nothing listens there
-        "label_ids": {"red": 1, "green": 2, "blue": 3},
+        "label_ids": {name: i + 1 for i, name in enumerate(COLORS)},
         "dead_letter": dead_letter,
     }
     p50s: dict[str, list[float]] = {"without_sink": [], "with_sink": []}

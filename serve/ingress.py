@@ -235,10 +235,6 @@ class Ingress:
             results = await asyncio.gather(
                 *(self.shadow.predict.remote(image, settings) for image in images)
             )
-            predictions = [
-                _prediction(ImageInput(f"image_{i}"), image, result, i, info)
-                for i, (image, result) in enumerate(zip(images, results))
-            ]
             shadow_predictions = [
                 _prediction(ImageInput(f"image_{i}"), image, result, i, info)
                 for i, (image, result) in enumerate(zip(images, results))

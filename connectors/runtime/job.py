@@ -224,6 +224,13 @@ class UploadJob:
                 continue
             if key in self._seen:
                 self._counts["skipped_duplicates"] += 1
+                logger.warning(
+                    "upload job %s: %r goes where an earlier item of this run went (%s); "
+                    "it is not sent (counted in skipped_duplicates)",
+                    self.job_id,
+                    prediction.name,
+                    key,
+                )
                 continue
             self._seen.add(key)
             self._unrecorded.append((key, prediction_payload(prediction)))
