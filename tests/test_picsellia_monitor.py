@@ -161,7 +161,12 @@ def test_a_dead_monitoring_host_never_fails_a_request_and_what_overflows_is_kept
         serve.shutdown()
     assert info["started"] and info["delivered"] == 0 and info["overflow"] >= 1
     assert info["queued"] + info["overflow"] == 12
-    reasons = [json.loads(line)["reason"] for line in dead.read_text().splitlines()]
+    # the replica closed its monitor as Serve stopped it: what was queued or in flight is
+    # dead-lettered too, so every image of the 12 is accounted for once
+    lines = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert sorted(line["key"] for line in lines) == sorted({line["key"] for line in lines})
+    assert len(lines) == 12
+    reasons = [line["reason"] for line in lines]
     assert sum("queue was full" in r for r in reasons) == info["overflow"]
 
 
@@ -223,3 +228,20 @@ def test_tessera_serve_monitors_through_the_command_line(standin, tmp_path):
     assert sorted(b["filename"] for b in standin.stored) == ["cli_0.png", "cli_1.png"]
     assert standin.stored[0]["raw_predictions"]["detection_scores"]
     assert all(a["predictions"][0]["error"] is None for a in answers)
+
+
+def test_serve_yaml_and_the_app_builder_take_the_monitor(monkeypatch):
+    from ray.serve import Application
+
+    from serve.app import app_builder
+
+    monkeypatch.setenv("PICSELLIA_API_TOKEN", "pcs-token")
+    args = {"model": "reference/color-boxes", "monitor": "picsellia"}
+    app = app_builder({**args, "monitor_options": {"deployment_id": "d-1", "queue_size": 50}})
+    assert isinstance(app, Application)
+    with pytest.raises(ValueError, match="picsellia"):
+        app_builder({**args, "monitor": "nosuch"})
+    with pytest.raises(ValueError, match="without a monitor"):
+        app_builder({"model": "reference/color-boxes", "monitor_options": {"deployment_id": "d"}})
+    with pytest.raises(ValueError, match="colour"):
+        app_builder({**args, "monitor_options": {"deployment_id": "d-1", "colour": "red"}})
