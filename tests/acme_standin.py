@@ -22,9 +22,11 @@ import re
 import socket
 import threading
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from standin_base import LoopbackStandin, loopback_server
 
 FAULTS = ("429", "503", "drop")
 
@@ -47,7 +49,7 @@ class ApiError(Exception):
         self.status = status
 
 
-class AcmeStandin:
+class AcmeStandin(LoopbackStandin):
     """The stand-in server: a context manager, or `start` / `stop`.
 
     Args:
@@ -64,8 +66,7 @@ class AcmeStandin:
         self._faults: dict[str, deque[str]] = {}
         self._lock = threading.RLock()
         self._next_id = 1
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = loopback_server(_handler(self))
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -73,25 +74,6 @@ class AcmeStandin:
         """The address to give the client (``ACME_SERVER``)."""
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
-
-    def start(self) -> AcmeStandin:
-        """Serve in a daemon thread."""
-        thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> AcmeStandin:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ test helpers
     def fail_next(self, *faults: str, route: str) -> None:

@@ -46,11 +46,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from standin_base import LoopbackStandin, loopback_server
 
 FAULTS = ("429", "503", "504", "slow", "drop")
 ROUTES = (
@@ -101,7 +102,7 @@ class ApiError(Exception):
         self.http_status = http_status
 
 
-class EncordStandin:
+class EncordStandin(LoopbackStandin):
     """The stand-in server: a context manager, or `start` / `stop`.
 
     Args:
@@ -130,8 +131,7 @@ class EncordStandin:
         self.saves = 0
         self._faults: dict[str, deque[str]] = {}
         self._lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = loopback_server(_handler(self))
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -139,25 +139,6 @@ class EncordStandin:
         """The ``domain`` to give the SDK."""
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
-
-    def start(self) -> EncordStandin:
-        """Serve in a daemon thread."""
-        thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> EncordStandin:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ test helpers
     def add_project(

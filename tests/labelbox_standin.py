@@ -33,15 +33,17 @@ import time
 from collections import deque
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from standin_base import LoopbackStandin, loopback_server
 
 FAULTS = ("429", "503", "slow", "drop")
 _OPERATION = re.compile(r"^\s*(?:query|mutation)\s+(\w+)")
 _STAMP = "2026-01-01T00:00:00.000Z"
 
 
-class LabelboxStandin:
+class LabelboxStandin(LoopbackStandin):
     """The stand-in server: a context manager, or `start` / `stop`.
 
     Args:
@@ -69,8 +71,7 @@ class LabelboxStandin:
         self._faults: dict[str, deque[str]] = {}
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = loopback_server(_handler(self))
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -83,25 +84,6 @@ class LabelboxStandin:
     def endpoint(self) -> str:
         """What ``LABELBOX_ENDPOINT`` holds."""
         return self.url + "/graphql"
-
-    def start(self) -> LabelboxStandin:
-        """Serve in a daemon thread."""
-        thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> LabelboxStandin:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ test helpers
     def add_data_row(

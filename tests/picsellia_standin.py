@@ -38,9 +38,11 @@ import threading
 import time
 import uuid
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from standin_base import LoopbackStandin, loopback_server
 
 __all__ = ["PicselliaStandin"]
 
@@ -58,7 +60,7 @@ def _prediction_model(kind: str) -> Any:
     }[kind]
 
 
-class PicselliaStandin:
+class PicselliaStandin(LoopbackStandin):
     """The stand-in server: a context manager, or `start` / `stop`.
 
     Args:
@@ -110,8 +112,7 @@ class PicselliaStandin:
         self._expire_after: int | None = None
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.daemon_threads = True
+        self._server = loopback_server(_handler(self))
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -119,25 +120,6 @@ class PicselliaStandin:
         """The base address of both hosts (main and monitoring)."""
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
-
-    def start(self) -> PicselliaStandin:
-        """Serve in a daemon thread."""
-        thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> PicselliaStandin:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ faults
     def fail_next(self, status: int, count: int = 1, retry_after: float | None = None) -> None:
