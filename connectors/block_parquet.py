@@ -9,6 +9,8 @@ in ``classes.json``.
 from __future__ import annotations
 
 import json
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +50,21 @@ class BlockParquetExporter:
         raise TypeError("the Parquet export takes blocks (write_block), not predictions")
 
     def close(self) -> dict[str, Any]:
-        """Write the blocks and ``classes.json``; return the folder, files and row count."""
+        """Write the blocks and ``classes.json``; return the folder, files and row count.
+
+        The files are written into a fresh folder that then replaces ``parquet/``, so the
+        folder holds exactly the blocks this exporter took, whatever an earlier run (one
+        killed and resumed, `engine.jobs`) left there.
+        """
         import ray
 
-        self._folder.mkdir(parents=True, exist_ok=True)
+        fresh = self._folder.with_name(f".{self._folder.name}-{uuid.uuid4().hex[:8]}")
+        fresh.mkdir(parents=True)
         if self._refs:
-            ray.data.from_arrow_refs(self._refs).write_parquet(str(self._folder))
+            ray.data.from_arrow_refs(self._refs).write_parquet(str(fresh))
+        if self._folder.exists():
+            shutil.rmtree(self._folder)
+        fresh.rename(self._folder)
         (self._folder.parent / "classes.json").write_text(
             json.dumps({"class_names": self._classes, "task": self._task})
         )

@@ -20,35 +20,26 @@ Layout of a job directory (default root ``~/.tessera/jobs``)::
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 
+from engine.jobs import job_dir
 from engine.prediction import Prediction
 from engine.prediction_json import prediction_from_json, prediction_to_json
+from engine.redaction import redact_secrets, redact_url
 
-#: Where job directories live unless a ``root`` is given.
-DEFAULT_ROOT = Path("~/.tessera/jobs")
 JOURNAL_FILE = "journal.sqlite"
 DEAD_LETTER_FILE = "dead_letter.jsonl"
 
 #: The states an item can be in.
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
 
-REDACTED = "REDACTED"
-_SECRET_NAME = re.compile(
-    r"token|secret|passw|signature|^sig$|^key$|api[_-]?key|access[_-]?key|private[_-]?key|auth|"
-    r"credential|cookie",
-    re.IGNORECASE,
-)
-_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -62,59 +53,6 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_state ON items (state);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-def job_dir(job_id: str, root: str | Path | None = None) -> Path:
-    """Return the directory of job ``job_id`` under ``root`` (default `DEFAULT_ROOT`).
-
-    Raises:
-        ValueError: ``job_id`` is not a safe file name (letters, digits, ``._-``).
-    """
-    if not _JOB_ID.match(job_id):
-        raise ValueError(
-            f"job_id {job_id!r} must be 1-200 letters, digits, '.', '_' or '-', "
-            "not starting with '.', '_' or '-'"
-        )
-    return Path(root if root is not None else DEFAULT_ROOT).expanduser() / job_id
-
-
-def redact_secrets(value: Any) -> Any:
-    """Return a copy of ``value`` (nested dicts/lists) with secret-looking entries redacted.
-
-    A mapping entry whose name contains ``token``, ``secret``, ``password``, ``auth``,
-    ``credential``, ``api_key``... gets the value ``"REDACTED"``; strings that are URLs lose
-    their user info and secret-looking query parameters (see `redact_url`).
-    """
-    if isinstance(value, Mapping):
-        return {
-            k: REDACTED if _SECRET_NAME.search(str(k)) else redact_secrets(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [redact_secrets(v) for v in value]
-    if isinstance(value, str) and "://" in value:
-        return redact_url(value)
-    return value
-
-
-def redact_url(url: str | None) -> str | None:
-    """Drop a URL's ``user:password@`` and redact query parameters with secret names.
-
-    Example:
-        >>> redact_url("https://u:p@host/a.jpg?X-Amz-Signature=abc&w=2")
-        'https://host/a.jpg?X-Amz-Signature=REDACTED&w=2'
-    """
-    if not url or "://" not in url:
-        return url
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, REDACTED if _SECRET_NAME.search(k) else v) for k, v in pairs], safe="/:"
-        )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def prediction_payload(prediction: Prediction) -> dict[str, Any]:

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 from engine._lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from engine.api import ModelAPI, PredictionResults, attach, connect, deploy, track
+    from engine.api import (
+        ModelAPI,
+        PredictionResults,
+        attach,
+        connect,
+        deploy,
+        resume,
+        track,
+    )
     from engine.detections import Detections
     from engine.models.base import ModelAdapter
     from engine.models.checkpoint import save_checkpoint
@@ -37,6 +45,7 @@ _EXPORTS = {
     "connect": "engine.api",
     "deploy": "engine.api",
     "list_models": "engine.models.zoo",
+    "resume": "engine.api",
     "save_checkpoint": "engine.models.checkpoint",
     "track": "engine.api",
     "VideoAnnotation": "engine.tracking",
@@ -54,6 +63,7 @@ __all__ = [
     "SessionError",
     "deploy",
     "list_models",
+    "resume",
     "save_checkpoint",
     "track",
     "VideoAnnotation",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import re
@@ -17,12 +18,13 @@ from typing import Any
 import ray
 from tqdm.auto import tqdm
 
-from engine import plugins
+from engine import jobs, plugins
 from engine.client import ModelClient
 from engine.models.base import ModelAdapter
 from engine.models.zoo import resolve_model
-from engine.outputs import OutputSpec, output_spec
+from engine.outputs import OutputSpec, open_sinks, output_spec
 from engine.prediction import Prediction
+from engine.redaction import REDACTED
 from engine.runtime import cluster_gpus, ensure_ray
 from engine.session import (
     DEFAULT_MAX_BUFFERED_BLOCKS,
@@ -54,7 +56,8 @@ class PredictionResults(list):
     Attributes:
         skipped: Files inside input directories that were not images, so not predicted.
         outputs: Summary of each upload and export (``"upload:<platform>"``,
-            ``"export:coco"``): delivered, dead, files written...
+            ``"export:coco"``): delivered, dead, files written...; and, for a job with
+            outputs, ``"job"``: its ``job_id``, ``directory`` and the items done.
     """
 
     def __init__(
@@ -96,10 +99,12 @@ class ModelAPI:
         device: str,
         adapter: ModelAdapter,
         layout: WorkerLayout,
+        spec: dict[str, Any] | None = None,
     ) -> None:
         self._workers = workers
         self._adapter = adapter
         self._layout = layout
+        self._spec = spec or {}
         self.info = info
         self.device = device
 
@@ -139,6 +144,8 @@ class ModelAPI:
         upload_options: dict[str, Any] | None = None,
         out: str | Path | None = None,
         format: str | None = None,  # noqa: A002
+        job_id: str | None = None,
+        journal_dir: str | Path | None = None,
         **options: Any,
     ) -> PredictionResults:
         """Predict over images and videos; one Prediction per image or frame, in order.
@@ -162,6 +169,11 @@ class ModelAPI:
             out: Also write the predictions into this directory as they come.
             format: The export's format: "jsonl" (default), "coco", "parquet", or a
                 platform's (`engine.plugins.export_formats`).
+            job_id: The id of this job, when it has outputs (default: a new one, reported
+                in ``results.outputs["job"]``); `engine.resume` continues a job that was
+                killed, predicting only what is missing (see `engine.jobs`).
+            journal_dir: Where job directories live (default ``~/.tessera/jobs``, or the
+                upload's ``journal_dir``).
             **options: conf, batch_size, img_size, classes, recursive, progress,
                 max_pixels, url_timeout, the sliding-window and the video options (see
                 `engine.settings.SETTINGS`). Any other keyword is an error.
@@ -181,10 +193,149 @@ class ModelAPI:
         settings = validate_settings(options, self.info)
         outputs = output_spec(upload, to, upload_options, out, format)
         job = self._resolve(input, settings, platform)
+        outputs = self._start_job(
+            outputs, job, input, platform, options, settings, job_id, journal_dir
+        )
         # 3) a session in this process over the deployed workers, read to the end
         report: dict[str, Any] = {}
         predictions = list(self._stream(job, settings, "predict", outputs, report))
         return PredictionResults(predictions, job.skipped, report.get("outputs"))
+
+    def resume(
+        self,
+        job_id: str,
+        journal_dir: str | Path | None = None,
+        upload_options: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> PredictionResults:
+        """Continue a job that was killed: predict only its missing items, into its outputs.
+
+        The inputs are resolved again from the job's record and the items its journal
+        has done are dropped; the exports are written anew, from the kept predictions of
+        the done items and then the new ones, so each ends with every item exactly once;
+        an upload skips what it delivered before (see `engine.jobs`).
+
+        Args:
+            job_id: The job (``results.outputs["job"]["job_id"]``, ``--job-id``).
+            journal_dir: Where job directories live, if not the default.
+            upload_options: Values for upload options the record keeps redacted (secrets).
+            **overrides: Settings, which must equal the job's (``progress`` may change).
+
+        Returns:
+            The Predictions of this run (the missing items); ``outputs["job"]`` counts
+            ``done_before`` and ``done_now``.
+
+        Raises:
+            ValueError: No such job; a job of in-memory images; another model or other
+                settings than the job's (the message names each difference); inputs that
+                no longer resolve to the job's items.
+
+        Example:
+            >>> model.resume("nightly").outputs["job"]["done_now"]  # doctest: +SKIP
+            17
+        """
+        record = jobs.JobRecord.load(job_id, journal_dir)
+        _check_resumable(record)
+        # 1) the same model and settings as the job's
+        differences = jobs.compare_model(record.model, self._identity())
+        options = {**record.options, **overrides}
+        settings = validate_settings(options, self.info)
+        differences += jobs.compare_settings(record.settings, settings.describe(self.info.classes))
+        if differences:
+            raise ValueError(
+                f"job {job_id!r} cannot be resumed with another model or other settings: "
+                + "; ".join(differences)
+                + " (start a new job to change them)"
+            )
+        outputs = _recorded_outputs(record, upload_options)
+        # 2) the same items, less those done
+        resolved = self._resolve(record.input, settings, record.platform or None)
+        keys = [key for item in resolved.items for _, key in jobs.item_keys(item)]
+        with jobs.JobJournal(record.directory) as journal:
+            change = jobs.changed_items(journal.item_keys(), keys)
+            done = journal.done_keys()
+        if change:
+            raise ValueError(
+                f"job {job_id!r}: its inputs no longer resolve to the job's items ({change}); "
+                "a resume predicts exactly the job's items: restore them or start a new job"
+            )
+        job = dataclasses.replace(resolved, items=jobs.remaining_items(resolved.items, done))
+        spec = jobs.JobSpec(job_id, record.directory, resume=True)
+        outputs = dataclasses.replace(outputs, job=spec)
+        logger.info("resuming job %s: %d of %d item(s) done", job_id, len(done), len(keys))
+        # 3) the rest, into the same outputs (rebuilt from the kept predictions first)
+        report: dict[str, Any] = {}
+        if job.items:
+            predictions = list(self._stream(job, settings, "resume", outputs, report, job_id))
+        else:
+            predictions, report["outputs"] = [], self._rebuild(outputs, job_id, job.sources)
+        return PredictionResults(predictions, job.skipped, report.get("outputs"))
+
+    def _identity(self) -> dict[str, Any]:
+        """The model's identity as a job records it (`engine.jobs.JobRecord.model`)."""
+        return {
+            "info": self.info.to_json(),
+            "spec": {k: v for k, v in self._spec.items() if k != "weights"},
+            "weights": self._spec.get("weights"),
+        }
+
+    def _start_job(
+        self,
+        outputs: OutputSpec,
+        resolved: _Job,
+        input: Any,  # noqa: A002
+        platform: dict[str, Any],
+        options: dict[str, Any],
+        settings: PredictSettings,
+        job_id: str | None,
+        journal_dir: str | Path | None,
+    ) -> OutputSpec:
+        """Write the record and item list of a job with outputs; return its outputs."""
+        if outputs.empty:
+            if job_id is not None or journal_dir is not None:
+                raise ValueError("job_id= and journal_dir= need outputs: out= or upload=")
+            return outputs
+        root = journal_dir if journal_dir is not None else outputs.upload_options.get("journal_dir")
+        job_id = job_id if job_id is not None else jobs.new_job_id()
+        directory = jobs.job_dir(job_id, root)
+        if jobs.JobRecord.exists(job_id, root):
+            raise ValueError(
+                f"job {job_id!r} already exists in {directory}: resume it "
+                f"(engine.resume({job_id!r}), tessera predict --resume {job_id}) "
+                "or choose another job_id"
+            )
+        upload_options = dict(outputs.upload_options)
+        if outputs.upload is not None:
+            upload_options.setdefault("journal_dir", str(directory.parent))
+        described, reason = jobs.describe_input(input)
+        if resolved.in_memory and reason is None:
+            reason = jobs.describe_input(object())[1]
+        jobs.JobRecord(
+            job_id=job_id,
+            directory=str(directory),
+            input=described,
+            platform=platform,
+            options=jobs.redact(dict(options)),
+            settings=settings.describe(self.info.classes),
+            model=self._identity(),
+            outputs={
+                "upload": outputs.upload,
+                "to": None if outputs.to is None else outputs.to.name,
+                "upload_options": jobs.redact(upload_options),
+                "out": None if outputs.out is None else os.path.abspath(outputs.out),
+                "format": outputs.format,
+            },
+            not_resumable=reason,
+        ).write()
+        with jobs.JobJournal(directory) as journal:
+            journal.record_items(key for item in resolved.items for key in jobs.item_keys(item))
+        job = jobs.JobSpec(job_id, str(directory))
+        return dataclasses.replace(outputs, upload_options=upload_options, job=job)
+
+    def _rebuild(self, outputs: OutputSpec, job_id: str, sources: dict[str, Any]) -> dict[str, Any]:
+        """Re-open a finished job's outputs and feed them its kept predictions only."""
+        sinks = open_sinks(outputs, job_id, list(self.info.classes), self.info.task, sources)
+        return {sink.name: sink.close() for sink in sinks}
 
     def track(
         self,
@@ -227,18 +378,21 @@ class ModelAPI:
         label: str,
         outputs: OutputSpec | None = None,
         report: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Iterator[Prediction]:
         """Predictions of ``job`` as they come, in order, with a progress bar.
 
         Once the stream ends, ``report["outputs"]`` holds the outputs' summaries.
         """
-        job_id = uuid.uuid4().hex[:12]
+        if job_id is None:
+            job_id = outputs.job.job_id if outputs is not None and outputs.job else None
+        job_id = job_id or uuid.uuid4().hex[:12]
         core = SessionCore(
             job.items,
             settings,
             self.info,
             workers=self._workers,
-            context=self._context(job, settings),
+            context=self._context(job, settings, outputs),
             videos=job.videos,
             outputs=outputs,
             job_id=job_id,
@@ -267,6 +421,8 @@ class ModelAPI:
         upload_options: dict[str, Any] | None = None,
         out: str | Path | None = None,
         format: str | None = None,  # noqa: A002
+        job_id: str | None = None,
+        journal_dir: str | Path | None = None,
         **options: Any,
     ) -> PredictionSession:
         """Start predicting in the background and return the session at once.
@@ -289,6 +445,9 @@ class ModelAPI:
             upload_options: As for `predict`.
             out: As for `predict`; written by the session's process.
             format: As for `predict`.
+            job_id: As for `predict`: a job killed with its session resumes with
+                `engine.resume` (``status()["context"]["job"]`` names it).
+            journal_dir: As for `predict`.
             **options: As for `predict`.
 
         Returns:
@@ -312,6 +471,9 @@ class ModelAPI:
         settings = validate_settings(options, self.info)
         outputs = output_spec(upload, to, upload_options, out, format)
         resolved = self._resolve(input, settings, platform)
+        outputs = self._start_job(
+            outputs, resolved, input, platform, options, settings, job_id, journal_dir
+        )
         session_id = uuid.uuid4().hex[:12]
         name = session_actor_name(session_id)
         actor = (
@@ -332,12 +494,12 @@ class ModelAPI:
                 layout=self._layout,
                 ordered=ordered,
                 max_buffered_blocks=max_buffered_blocks,
-                context=self._context(resolved, settings),
+                context=self._context(resolved, settings, outputs),
                 name_prefix=name,
                 pace_batches=max(PACE_MIN_BATCHES, 4 * max_buffered_blocks),
                 videos=resolved.videos,
                 outputs=outputs,
-                job_id=session_id,
+                job_id=outputs.job.job_id if outputs.job is not None else session_id,
                 fetch=resolved.fetch,
                 sources=resolved.sources,
             )
@@ -376,9 +538,13 @@ class ModelAPI:
             sources,
         )
 
-    def _context(self, resolved: _Job, settings: PredictSettings) -> dict[str, Any]:
+    def _context(
+        self, resolved: _Job, settings: PredictSettings, outputs: OutputSpec | None = None
+    ) -> dict[str, Any]:
         sources = collections.Counter(item.source for item in resolved.items)
+        job = outputs.job if outputs is not None else None
         return {
+            **({"job": dataclasses.asdict(job)} if job is not None else {}),
             "input": {
                 "items": resolved.num_rows,
                 "videos": len(resolved.videos),
@@ -499,7 +665,116 @@ def deploy(
     layout = WorkerLayout(device, *_worker_layout(device, **engine_options))
     workers, model_info = start_model_workers(adapter, layout)
     logger.info("deployed %s on %d %s worker(s)", model_info.name, layout.num_workers, device)
-    return ModelAPI(workers, model_info, device, adapter, layout)
+    return ModelAPI(
+        workers, model_info, device, adapter, layout, _deploy_spec(model, device, options)
+    )
+
+
+def _deploy_spec(model: Any, device: str, options: dict[str, Any]) -> dict[str, Any]:
+    """How a model was deployed, as a job records it (to deploy it again on resume)."""
+    name = None
+    if isinstance(model, (str, os.PathLike)):
+        name = os.fspath(model)
+        name = os.path.abspath(name) if Path(name).exists() else name
+    weights = options.get("weights") or (name if name and Path(name).is_file() else None)
+    plain = {k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, list))}
+    return {
+        "model": name,
+        "device": device,
+        "options": plain,
+        "weights": jobs.weights_identity(weights),
+    }
+
+
+def resume(
+    job_id: str,
+    model: str | Path | ModelAPI | None = None,
+    journal_dir: str | Path | None = None,
+    address: str | None = None,
+    upload_options: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> PredictionResults:
+    """Continue a killed job (`ModelAPI.resume`), deploying the job's model if need be.
+
+    Args:
+        job_id: The job's id.
+        model: None deploys the model the job recorded (its zoo name or path, device and
+            options); a name or path must be the job's; a deployed `ModelAPI` is used
+            as it is (it must be the job's model).
+        journal_dir: Where job directories live, if not the default.
+        address: The Ray cluster to join when the model is deployed here.
+        upload_options: Values for upload options the record keeps redacted (secrets).
+        **overrides: Settings, which must equal the job's.
+
+    Returns:
+        The Predictions of this run (the items the job was missing).
+
+    Raises:
+        ValueError: No such job, a job of in-memory images, another model or other
+            settings than the job's (each difference named).
+
+    Example:
+        >>> engine.resume("nightly", journal_dir="/data/jobs")  # doctest: +SKIP
+    """
+    if isinstance(model, ModelAPI):
+        return model.resume(job_id, journal_dir, upload_options, **overrides)
+    record = jobs.JobRecord.load(job_id, journal_dir)
+    _check_resumable(record)
+    spec = dict(record.model.get("spec") or {})
+    recorded = spec.get("model")
+    if model is None and not recorded:
+        name = (record.model.get("info") or {}).get("name")
+        raise ValueError(
+            f"job {job_id!r} ran a model given as an object ({name!r}), which the record "
+            "cannot deploy again: pass model= (the deployed ModelAPI)"
+        )
+    if model is not None:
+        given = os.fspath(model)
+        given = os.path.abspath(given) if Path(given).exists() else given
+        if recorded and given != recorded:
+            raise ValueError(
+                f"job {job_id!r} cannot be resumed with another model: "
+                f"model: {recorded!r} in the job, {given!r} now"
+            )
+        recorded = given
+    api = deploy(
+        recorded, device=spec.get("device", "cpu"), address=address, **spec.get("options", {})
+    )
+    try:
+        return api.resume(job_id, journal_dir, upload_options, **overrides)
+    finally:
+        api.close()
+
+
+def _check_resumable(record: jobs.JobRecord) -> None:
+    if record.not_resumable:
+        raise ValueError(f"job {record.job_id!r} cannot be resumed: {record.not_resumable}")
+
+
+def _recorded_outputs(record: jobs.JobRecord, upload_options: dict[str, Any] | None) -> OutputSpec:
+    """The job's outputs, validated again (secrets supplied by ``upload_options``)."""
+    saved = dict(record.outputs)
+    options = dict(saved.get("upload_options") or {})
+    for key, value in (upload_options or {}).items():
+        if key in options and options[key] != REDACTED and options[key] != value:
+            raise ValueError(
+                f"job {record.job_id!r} cannot be resumed with other upload options: "
+                f"{key}: {options[key]!r} in the job, {value!r} now"
+            )
+        options[key] = value
+    hidden = sorted(k for k, v in options.items() if v == REDACTED)
+    if hidden:
+        raise ValueError(
+            f"job {record.job_id!r} kept its upload option(s) {', '.join(hidden)} redacted: "
+            "pass them again with upload_options="
+        )
+    return output_spec(
+        saved.get("upload"),
+        saved.get("to"),
+        options if saved.get("upload") else None,
+        saved.get("out"),
+        saved.get("format") if saved.get("out") else None,
+    )
 
 
 def _ship_user_code(adapter_class: type) -> None:

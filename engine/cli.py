@@ -67,7 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="connector or upload option, e.g. project_name=cars, requests_per_second=5",
     )
-    _add_model_and_settings(predict)
+    predict.add_argument(
+        "--job-id", default=None, help="id of this job (default: a new one, printed)"
+    )
+    predict.add_argument(
+        "--resume",
+        default=None,
+        metavar="JOB",
+        help="continue the killed job JOB: predict only what it is missing, into its outputs",
+    )
+    predict.add_argument(
+        "--journal-dir", default=None, help="where job directories live (~/.tessera/jobs)"
+    )
+    _add_model_and_settings(predict, required=False)
 
     for command in plugins.commands().values():
         command.add_arguments(commands.add_parser(command.name, help=command.help))
@@ -105,11 +117,14 @@ def _id_reader(platform: plugins.Platform) -> Any:
     return read
 
 
-def _add_model_and_settings(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--model", required=True, help="zoo name or checkpoint path")
+def _add_model_and_settings(command: argparse.ArgumentParser, required: bool = True) -> None:
+    optional = "" if required else " (with --resume: the job's)"
+    command.add_argument(
+        "--model", required=required, help="zoo name or checkpoint path" + optional
+    )
     command.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     command.add_argument("--address", default=None, help="Ray cluster to join")
-    command.add_argument("--out", required=True, type=Path, help="output directory")
+    command.add_argument("--out", required=required, type=Path, help="output directory" + optional)
     command.add_argument("--no-pretrained", action="store_true", help="random weights (zoo models)")
     command.add_argument("--weights", default=None, help="local weights file for a zoo model")
     command.add_argument("--num-workers", type=int, default=None, help="model workers")
@@ -183,6 +198,11 @@ def _deploy(args: argparse.Namespace, options: dict[str, Any]) -> Any:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        return _resume(args)
+    missing = [flag for flag, value in (("--model", args.model), ("--out", args.out)) if not value]
+    if missing:
+        raise ValueError(f"predict needs {' and '.join(missing)} (unless it is --resume JOB)")
     options = _predict_options(args)
     started = time.perf_counter()
     model = _deploy(args, options)
@@ -195,20 +215,72 @@ def _predict(args: argparse.Namespace) -> int:
         outputs.update(
             upload=args.upload, to=args.to, upload_options=key_values(args.upload_option)
         )
-    results = model.predict(inputs, **outputs, **options)
+    job = {"job_id": args.job_id, "journal_dir": args.journal_dir}
+    results = model.predict(inputs, **outputs, **job, **options)
+    return _report(args, results, args.out, started)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    """``predict --resume JOB``: the job's model (unless --model), inputs and outputs.
+
+    ``--upload-option`` may give again the upload options the record keeps redacted.
+    """
+    import engine
+    from engine.jobs import JobRecord
+
+    given = [name for name in ("inputs", "upload", "to") if getattr(args, name)]
+    given += [k for k in _platform_flags() if getattr(args, k)]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"--resume takes the job's inputs and outputs; drop {flags}")
+    record = JobRecord.load(args.resume, args.journal_dir)
+    out = record.outputs.get("out")
+    if args.out is not None and out is not None and Path(args.out).resolve() != Path(out):
+        raise ValueError(
+            f"job {args.resume!r} cannot be resumed into other outputs: "
+            f"out: {out!r} in the job, {str(args.out)!r} now"
+        )
+    started = time.perf_counter()
+    results = engine.resume(
+        args.resume,
+        model=args.model,
+        journal_dir=args.journal_dir,
+        address=args.address,
+        upload_options=key_values(args.upload_option) or None,
+        **_given_options(args),
+    )
+    folder = Path(out) if out is not None else Path(record.directory)
+    return _report(args, results, folder, started)
+
+
+def _given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line (not their defaults): a resume's overrides."""
+    options = _predict_options(args)
+    for spec in SETTINGS:
+        if spec.cli_flag and not options.get(spec.name):
+            options.pop(spec.name, None)
+    return options
+
+
+def _report(args: argparse.Namespace, results: Any, out: Path, started: float) -> int:
+    """Write ``summary.json`` and print the summary; return the exit code."""
     if args.visualize:
-        _write_visualizations(results, args.out / "visualizations")
+        _write_visualizations(results, out / "visualizations")
     summary = {
         **results.summary(),
         "seconds": round(time.perf_counter() - started, 2),
         "outputs": results.outputs,
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(
         f"{summary['items']} image(s): {summary['predicted']} predicted, "
         f"{summary['failed']} failed, {summary['skipped']} non-image file(s) skipped; "
-        f"{summary['objects']} object(s) found in {summary['seconds']} s -> {args.out}"
+        f"{summary['objects']} object(s) found in {summary['seconds']} s -> {out}"
     )
+    job = results.outputs.get("job")
+    if job:
+        print(f"  job {job['job_id']}: resume with tessera predict --resume {job['job_id']}")
     for name, report in results.outputs.items():
         print(f"  {name}: {json.dumps(report, default=str)}")
     for prediction in results.failed:

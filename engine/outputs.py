@@ -10,12 +10,14 @@ found through `engine.plugins` by the name the user gives.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from engine import plugins
+from engine.jobs import JobJournal, JobSink, JobSpec, refeed
 from engine.prediction import Prediction
 
 #: Upload modes (``upload=``); each connector supports some of them.
@@ -50,6 +52,8 @@ class OutputSpec:
             ``project_name``, ``iou_threshold``).
         out: Directory of a local export, or None.
         format: Its format, one of `engine.plugins.export_formats`.
+        job: The job the outputs belong to (`engine.jobs.JobSpec`): its journal records
+            each item once every other output took it, so that the job can be resumed.
     """
 
     upload: str | None = None
@@ -57,6 +61,7 @@ class OutputSpec:
     upload_options: dict[str, Any] = field(default_factory=dict)
     out: Path | None = None
     format: str = DEFAULT_EXPORT_FORMAT
+    job: JobSpec | None = None
 
     @property
     def empty(self) -> bool:
@@ -125,9 +130,15 @@ def open_sinks(
 ) -> list[Sink]:
     """Open the sinks of ``spec`` (an upload prepares its destination here).
 
+    With a job (``spec.job``), the job's sink comes last: it journals each block once
+    every other sink took it. A resumed job's exports start anew and are first re-fed
+    the kept predictions of the items done before (`engine.jobs.refeed`); its upload
+    skips, by its own journal, those it delivered.
+
     Args:
         spec: The validated outputs.
-        job_id: Names the upload's journal (``tessera upload --resume JOB``).
+        job_id: Names the upload's journal (``tessera upload --resume JOB``); the job's
+            id when the outputs belong to a job.
         class_names: The model's classes.
         task: The model's task.
         sources: What the inputs came from (a platform's ids), for ``create``.
@@ -140,6 +151,17 @@ def open_sinks(
             job_id, str(spec.upload), list(class_names), task, spec.upload_options, sources or {}
         )
         sinks.append(_UploadSink(f"upload:{spec.to.name}", upload))
+    if spec.job is not None:
+        journal = JobJournal(spec.job.directory)
+        try:
+            refed = refeed(sinks, journal) if spec.job.resume else 0
+        except BaseException:
+            journal.close()
+            for sink in sinks:  # stop what was opened (an upload's actors)
+                with contextlib.suppress(Exception):
+                    sink.close()
+            raise
+        sinks.append(JobSink(spec.job, journal, refed))
     return sinks
 
 

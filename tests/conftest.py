@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# every job record and upload journal of the suite (and of the Ray workers and subprocesses
+# it starts, which inherit this) goes to a temporary folder, not ~/.tessera/jobs
+os.environ.setdefault("TESSERA_JOBS_DIR", tempfile.mkdtemp(prefix="tessera-test-jobs-"))
 
 
 def pytest_sessionstart(session):

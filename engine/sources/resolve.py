@@ -22,7 +22,7 @@ from PIL import Image
 from engine import plugins
 from engine.sources.decode import ImageLoadError, array_to_rgb, has_url_scheme, pil_to_rgb
 from engine.sources.items import Item
-from engine.sources.video import is_video_path
+from engine.sources.video import VIDEO_EXTENSIONS, is_video_path
 
 #: File extensions recognised as images inside directories (compared lower-case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -165,9 +165,10 @@ class _Resolver:
         if self._add_platform_dataset(directory, shown):
             return
         images, others = _list_directory(directory, self.recursive)
-        self.result.skipped.extend(str(p) for p in others)
+        self.result.skipped.extend(others)
         for image in images:
-            self._item("video" if is_video_path(image) else "file", image.name, path=str(image))
+            name = os.path.basename(image)
+            self._item("video" if _suffix(name) in VIDEO_EXTENSIONS else "file", name, path=image)
         if not images:
             self._item(
                 "file",
@@ -229,30 +230,46 @@ def _is_media(path: Path) -> bool:
     return _is_image(path) or is_video_path(path)
 
 
-def _list_directory(directory: Path, recursive: bool) -> tuple[list[Path], list[Path]]:
-    """Return (image and video files, other files) under `directory`, sorted by path parts."""
-    images: list[Path] = []
-    others: list[Path] = []
-    root = directory.absolute()
-    for path in _walk_files(root, recursive):
-        (images if _is_media(path) else others).append(path)
-    key = lambda p: p.relative_to(root).parts  # noqa: E731
-    return sorted(images, key=key), sorted(others, key=key)
+def _suffix(name: str) -> str:
+    """A file name's suffix, lower-case, as `Path.suffix` has it (no Path built)."""
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
-def _walk_files(root: Path, recursive: bool) -> list[Path]:
-    """Visible regular files under `root`; symlinked folders are followed once."""
-    files: list[Path] = []
-    pending = [root]
+def _list_directory(directory: Path, recursive: bool) -> tuple[list[str], list[str]]:
+    """Return (image and video files, other files) under `directory`, sorted by path parts.
+
+    Paths are strings (no `Path` per file): a folder of 100,000 images lists in a
+    fraction of the time and memory.
+    """
+    media: list[tuple[tuple[str, ...], str]] = []
+    others: list[tuple[tuple[str, ...], str]] = []
+    for parts, path in _walk_files(directory.absolute(), recursive):
+        suffix = _suffix(parts[-1])
+        is_media = suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS
+        (media if is_media else others).append((parts, path))
+    media.sort()
+    others.sort()
+    return [path for _, path in media], [path for _, path in others]
+
+
+def _walk_files(root: Path, recursive: bool) -> list[tuple[tuple[str, ...], str]]:
+    """Visible regular files under `root`: (parts relative to `root`, path) each.
+
+    Symlinked folders are followed once.
+    """
+    files: list[tuple[tuple[str, ...], str]] = []
+    pending: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
     seen: set[str] = set()
     while pending:
-        folder = pending.pop()
+        folder, parts = pending.pop()
         real = os.path.realpath(folder)
         if real in seen:
             continue
         seen.add(real)
         try:
-            entries = list(os.scandir(folder))
+            with os.scandir(folder) as scan:
+                entries = list(scan)
         except OSError:
             continue
         for entry in entries:
@@ -260,9 +277,9 @@ def _walk_files(root: Path, recursive: bool) -> list[Path]:
                 continue
             if entry.is_dir():
                 if recursive:
-                    pending.append(Path(entry.path))
+                    pending.append((entry.path, (*parts, entry.name)))
             elif entry.is_file():
-                files.append(Path(entry.path))
+                files.append(((*parts, entry.name), entry.path))
     return files
 
 

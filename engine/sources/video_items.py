@@ -79,7 +79,8 @@ def expand_videos(
     for item in items:
         if item.source != "video" or item.error is not None or item.frames is not None:
             out.renumbered[item.index] = row
-            out.items.append(replace(item, index=row))
+            # items are frozen: one already in its place is shared, not copied
+            out.items.append(item if item.index == row else replace(item, index=row))
             row += item.num_rows
             continue
         try:
