@@ -25,7 +25,7 @@ from engine.models.zoo import resolve_model
 from engine.outputs import OutputSpec, open_sinks, output_spec
 from engine.prediction import Prediction
 from engine.redaction import REDACTED
-from engine.runtime import cluster_gpus, ensure_ray
+from engine.runtime import cluster_gpus, ensure_ray, near_caller
 from engine.session import (
     DEFAULT_MAX_BUFFERED_BLOCKS,
     NAMESPACE,
@@ -484,6 +484,7 @@ class ModelAPI:
                 lifetime="detached",
                 num_cpus=0,
                 max_concurrency=16,
+                **near_caller(),
             )
             .remote(
                 idle_timeout_s=idle_timeout_s,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import ray
 
@@ -43,6 +44,23 @@ def ensure_ray(address: str | None = None) -> None:
     context.enable_progress_bars = False
     context.execution_options.preserve_order = True
     context.print_on_execution_start = False
+
+
+def near_caller() -> dict[str, Any]:
+    """Actor options that place a job's support actor on the caller's node, softly.
+
+    Ray places an actor that asks for no resource on a random node, whatever its
+    scheduling strategy; a token 1-byte ``memory`` demand makes it honour the soft node
+    affinity. So a job's session, uploaders, rate limiters and trackers live beside the
+    process that runs the job, and losing some other node never takes them with it.
+
+    Example:
+        >>> ray.remote(num_cpus=0)(Tracker).options(**near_caller())  # doctest: +SKIP
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"memory": 1, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
 
 
 def cluster_gpus() -> float:

@@ -114,10 +114,18 @@ def start_model_workers(
     """
     # Workers are long-lived services: they hold no CPU slot, which would starve (and, with
     # several models deployed on a small node, deadlock) the decode tasks of every plan.
+    # Restarts are bounded so that a worker that keeps crashing fails the job instead of
+    # looping; a lost node costs each of its workers one restart, elsewhere (soft placement).
+    # Calls are retried until the worker is back: a call to a worker whose node just died
+    # fails at once, many times over, until the head marks the node dead (seconds).
+    # SPREAD puts them one per node (round-robin), but Ray ignores an actor's scheduling
+    # strategy when it asks for no resource at all (the GCS picks a random node), hence the
+    # token 1-byte memory demand; SPREAD is soft, so a lost node's workers restart elsewhere.
     options: dict[str, Any] = {
         "max_restarts": 3,
-        "max_task_retries": 2,
+        "max_task_retries": -1,
         "num_cpus": 0,
+        "memory": 1,
         "scheduling_strategy": "SPREAD",
     }
     worker_device = layout.device

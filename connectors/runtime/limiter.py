@@ -21,6 +21,7 @@ from typing import Any
 import ray
 
 from connectors.base import RequestGate
+from engine.runtime import near_caller
 
 
 class RateLimiter:
@@ -194,4 +195,4 @@ def new_rate_limiter(
         ...     session.get(url)
 
     """
-    return _RemoteLimiter.remote(requests_per_second, max_in_flight, burst)
+    return _RemoteLimiter.options(**near_caller()).remote(requests_per_second, max_in_flight, burst)

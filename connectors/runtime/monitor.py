@@ -50,6 +50,7 @@ from connectors.runtime.monitor_target import MonitorTarget
 from connectors.runtime.uploader import DEFAULT_RETRY, Uploader
 from engine.plugins import MonitoredImage
 from engine.prediction_json import prediction_to_json
+from engine.runtime import near_caller
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_DIR",
@@ -237,7 +238,10 @@ class MonitorJob:
         ensure_ray()
         limiter = new_rate_limiter(requests_per_second, max_in_flight)
         gate = LimiterGate(limiter)
-        senders = [_RemoteSender.remote(target, gate, retry) for _ in range(num_senders)]
+        place = near_caller()
+        senders = [
+            _RemoteSender.options(**place).remote(target, gate, retry) for _ in range(num_senders)
+        ]
         return cls(target, limiter, senders, queue_size, batch_size, path)
 
     # ------------------------------------------------------------------ the sink

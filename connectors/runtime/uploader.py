@@ -27,6 +27,7 @@ import ray
 from connectors.base import Connector, DeliveryError, DeliveryResult, RequestGate
 from connectors.retry import RetryPolicy, call_with_retries
 from engine.prediction import Prediction
+from engine.runtime import near_caller
 
 logger = logging.getLogger(__name__)
 
@@ -142,4 +143,4 @@ def new_uploader(
         ['img-1', 'img-2']
 
     """
-    return _RemoteUploader.remote(connector, gate, retry)
+    return _RemoteUploader.options(**near_caller()).remote(connector, gate, retry)

@@ -16,6 +16,7 @@ import numpy as np
 import ray
 
 from engine.prediction import Prediction
+from engine.runtime import near_caller
 from engine.sources.video import VideoInfo, decode_frames_sequential
 from engine.tracking.adapter import make_tracker
 from engine.tracking.annotation import VideoAnnotation
@@ -111,7 +112,7 @@ def track_videos(
         One `VideoAnnotation` per video, in input order; a video that could not be read
         has ``error`` set and no frames.
     """
-    actor_class = ray.remote(num_cpus=0)(VideoTracker)
+    actor_class = ray.remote(num_cpus=0)(VideoTracker).options(**near_caller())
     actors: dict[str, Any] = {}
     order: list[str] = []
     failed: dict[str, Prediction] = {}
