@@ -32,7 +32,7 @@ def looks_secret(name: str) -> bool:
     """True when an option or parameter named ``name`` holds a secret.
 
     Example:
-        >>> looks_secret("PICSELLIA_API_TOKEN"), looks_secret("project_id")
+        >>> looks_secret("ACME_API_TOKEN"), looks_secret("project_id")
         (True, False)
     """
     return bool(SECRET_NAME.search(str(name)))
