@@ -138,6 +138,10 @@ def test_credentials_from_env_then_config_file(monkeypatch, tmp_path):
 
 def test_token_never_shown(server, caplog):
     caplog.set_level(logging.DEBUG)
+    # an earlier test's logging.config (Ray's) may have disabled the loggers that exist then
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("connectors"):
+            logging.getLogger(name).disabled = False
     server.echo_key = True  # a server that quotes the key back in its errors
     client = make_client(server)
     connector = SuperviselyConnector(client=client)
