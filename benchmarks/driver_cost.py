@@ -7,7 +7,8 @@ directory; each run then predicts 10,000 items (a list of ten folders) or 100,00
 tree's root, ``recursive=True``) in a fresh process with its own local Ray, so that its
 memory figures are its own:
 
-- ``predict`` (the whole result list) and ``predict_detached`` iterated (nothing kept);
+- ``predict`` (the whole result list), ``predict(stream=True)`` and ``predict_detached``
+  iterated (nothing kept: the driver's memory must stay flat from 10,000 to 100,000);
 - phases: resolving the input (`resolve_input` alone), the first prediction (detached),
   and the steady rows/s after it;
 - the driver's RSS sampled every 20 ms: before, at its peak and at the end of the run;
@@ -209,6 +210,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             total_s = time.perf_counter() - started
             count, failed = len(predictions), len(predictions.failed)
             del predictions
+        elif args.mode == "stream":  # read as it comes, nothing kept
+            stream = model.predict(value, progress=False, stream=True, **options)
+            count = failed = 0
+            for prediction in stream:
+                count += 1
+                failed += prediction.error is not None
+            total_s = time.perf_counter() - started
         else:
             count = failed = 0
             first_s = None
@@ -285,7 +293,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--modes", nargs="+", default=["predict", "detached"])
+    parser.add_argument("--modes", nargs="+", default=["predict", "stream", "detached"])
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)

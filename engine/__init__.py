@@ -18,7 +18,6 @@ from engine._lazy import lazy_exports
 if TYPE_CHECKING:
     from engine.api import (
         ModelAPI,
-        PredictionResults,
         attach,
         connect,
         deploy,
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
     from engine.models.checkpoint import save_checkpoint
     from engine.models.zoo import list_models
     from engine.prediction import Prediction
+    from engine.results import PredictionResults, PredictionStream
     from engine.session import PredictionSession, SessionError
     from engine.tracking import VideoAnnotation
 
@@ -38,7 +38,8 @@ _EXPORTS = {
     "ModelAPI": "engine.api",
     "ModelAdapter": "engine.models.base",
     "Prediction": "engine.prediction",
-    "PredictionResults": "engine.api",
+    "PredictionResults": "engine.results",
+    "PredictionStream": "engine.results",
     "PredictionSession": "engine.session",
     "SessionError": "engine.session",
     "attach": "engine.api",
@@ -60,6 +61,7 @@ __all__ = [
     "Prediction",
     "PredictionResults",
     "PredictionSession",
+    "PredictionStream",
     "SessionError",
     "deploy",
     "list_models",

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +25,7 @@ from engine.models.zoo import resolve_model
 from engine.outputs import OutputSpec, open_sinks, output_spec
 from engine.prediction import Prediction
 from engine.redaction import REDACTED
+from engine.results import PredictionResults, PredictionStream
 from engine.runtime import cluster_gpus, ensure_ray, near_caller
 from engine.session import (
     DEFAULT_MAX_BUFFERED_BLOCKS,
@@ -37,8 +38,7 @@ from engine.session import (
 from engine.settings import ModelInfo, PredictSettings, validate_settings
 from engine.sources.fetch import MediaFetcher
 from engine.sources.items import Item
-from engine.sources.resolve import ResolvedInput, resolve_input
-from engine.sources.video_items import expand_videos, renumber_in_memory
+from engine.sources.job_items import JobItems
 from engine.tracking import VideoAnnotation
 from engine.worker import WorkerLayout, start_model_workers
 
@@ -48,42 +48,6 @@ _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 _ENGINE_OPTIONS = ("num_workers", "threads")
 #: Fewest model batches per plan of a detached session (see `SessionCore._chunks`).
 PACE_MIN_BATCHES = 16
-
-
-class PredictionResults(list):
-    """The Predictions of one `predict` call (a list), plus what was skipped.
-
-    Attributes:
-        skipped: Files inside input directories that were not images, so not predicted.
-        outputs: Summary of each upload and export (``"upload:<platform>"``,
-            ``"export:coco"``): delivered, dead, files written...; and, for a job with
-            outputs, ``"job"``: its ``job_id``, ``directory`` and the items done.
-    """
-
-    def __init__(
-        self,
-        predictions: Iterable[Prediction],
-        skipped: list[str],
-        outputs: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(predictions)
-        self.skipped = skipped
-        self.outputs = outputs or {}
-
-    @property
-    def failed(self) -> list[Prediction]:
-        """The Predictions that carry an error."""
-        return [p for p in self if p.error is not None]
-
-    def summary(self) -> dict[str, Any]:
-        """Counts of items, failures, skipped files and objects found."""
-        return {
-            "items": len(self),
-            "predicted": len(self) - len(self.failed),
-            "failed": len(self.failed),
-            "skipped": len(self.skipped),
-            "objects": sum(len(p) for p in self),
-        }
 
 
 class ModelAPI:
@@ -146,8 +110,9 @@ class ModelAPI:
         format: str | None = None,  # noqa: A002
         job_id: str | None = None,
         journal_dir: str | Path | None = None,
+        stream: bool = False,
         **options: Any,
-    ) -> PredictionResults:
+    ) -> PredictionResults | PredictionStream:
         """Predict over images and videos; one Prediction per image or frame, in order.
 
         Args:
@@ -174,14 +139,18 @@ class ModelAPI:
                 killed, predicting only what is missing (see `engine.jobs`).
             journal_dir: Where job directories live (default ``~/.tessera/jobs``, or the
                 upload's ``journal_dir``).
+            stream: Return the Predictions as they come (a `PredictionStream`, read
+                once) instead of the whole list: the driver then holds none of them, for
+                jobs too large to keep in memory (a large input is listed as it goes).
             **options: conf, batch_size, img_size, classes, recursive, progress,
                 max_pixels, url_timeout, the sliding-window and the video options (see
                 `engine.settings.SETTINGS`). Any other keyword is an error.
 
         Returns:
-            A list of Predictions (with ``.skipped`` non-image files and ``.summary()``).
-            An item that could not be read or predicted is a Prediction whose ``error``
-            says why; it never stops the others.
+            A list of Predictions (with ``.skipped`` non-image files and ``.summary()``),
+            or with ``stream=True`` a `PredictionStream` of them. An item that could not
+            be read or predicted is a Prediction whose ``error`` says why; it never stops
+            the others.
 
         Example:
             >>> model = engine.deploy("reference/color-boxes")  # doctest: +SKIP
@@ -189,6 +158,8 @@ class ModelAPI:
             >>> preds[0].boxes, preds[0].classes  # doctest: +SKIP
         """
         # 1) settings and outputs, once, at the boundary; 2) input -> items
+        if not isinstance(stream, bool):
+            raise ValueError(f"stream must be True or False, got {stream!r}")
         platform = plugins.pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
         outputs = output_spec(upload, to, upload_options, out, format)
@@ -198,8 +169,10 @@ class ModelAPI:
         )
         # 3) a session in this process over the deployed workers, read to the end
         report: dict[str, Any] = {}
-        predictions = list(self._stream(job, settings, "predict", outputs, report))
-        return PredictionResults(predictions, job.skipped, report.get("outputs"))
+        predictions = self._stream(job, settings, "predict", outputs, report)
+        if stream:
+            return PredictionStream(predictions, job.skipped, job.num_rows, report)
+        return PredictionResults(list(predictions), job.skipped, report.get("outputs"))
 
     def resume(
         self,
@@ -250,7 +223,7 @@ class ModelAPI:
         outputs = _recorded_outputs(record, upload_options)
         # 2) the same items, less those done
         resolved = self._resolve(record.input, settings, record.platform or None)
-        keys = [key for item in resolved.items for _, key in jobs.item_keys(item)]
+        keys = [key for item in resolved.items for _, key in jobs.item_keys(item)]  # one pass
         with jobs.JobJournal(record.directory) as journal:
             change = jobs.changed_items(journal.item_keys(), keys)
             done = journal.done_keys()
@@ -259,13 +232,13 @@ class ModelAPI:
                 f"job {job_id!r}: its inputs no longer resolve to the job's items ({change}); "
                 "a resume predicts exactly the job's items: restore them or start a new job"
             )
-        job = dataclasses.replace(resolved, items=jobs.remaining_items(resolved.items, done))
+        job = dataclasses.replace(resolved, items=resolved.items.without(done))
         spec = jobs.JobSpec(job_id, record.directory, resume=True)
         outputs = dataclasses.replace(outputs, job=spec)
         logger.info("resuming job %s: %d of %d item(s) done", job_id, len(done), len(keys))
         # 3) the rest, into the same outputs (rebuilt from the kept predictions first)
         report: dict[str, Any] = {}
-        if job.items:
+        if job.items.num_items:
             predictions = list(self._stream(job, settings, "resume", outputs, report, job_id))
         else:
             predictions, report["outputs"] = [], self._rebuild(outputs, job_id, job.sources)
@@ -393,11 +366,13 @@ class ModelAPI:
             self.info,
             workers=self._workers,
             context=self._context(job, settings, outputs),
+            pace_batches=PACE_MIN_BATCHES * 2,  # a large job's items are listed as it goes
             videos=job.videos,
             outputs=outputs,
             job_id=job_id,
             fetch=job.fetch,
             sources=job.sources,
+            items_total=job.num_rows,
         )
         session = PredictionSession(core, "local", job.in_memory, remote=False)
         unit = "frame" if job.videos else "img"
@@ -503,6 +478,7 @@ class ModelAPI:
                 job_id=outputs.job.job_id if outputs.job is not None else session_id,
                 fetch=resolved.fetch,
                 sources=resolved.sources,
+                items_total=resolved.num_rows,
             )
         )
         return PredictionSession(actor, session_id, resolved.in_memory)
@@ -519,39 +495,32 @@ class ModelAPI:
                 "nothing to predict: pass input= (paths, URLs, images) or a platform's ids "
                 f"({keywords})"
             )
-        resolved = (
-            resolve_input(input, recursive=settings.general.recursive)
-            if input is not None
-            else ResolvedInput()
-        )
-        if resolved.skipped:
-            logger.warning("skipped %d non-image file(s)", len(resolved.skipped))
+        extra: list[Item] = []
         fetch, sources = None, {}
         if platform:
-            fetch, sources = _add_platform_items(resolved.items, platform)
-        expanded = expand_videos(resolved.items, settings.video)
-        return _Job(
-            expanded.items,
-            resolved.skipped,
-            renumber_in_memory(resolved.in_memory, expanded.renumbered),
-            expanded.videos,
-            fetch,
-            sources,
+            extra, fetch, sources = _platform_items(platform)
+        items = JobItems.survey(
+            input if input is not None else [],
+            settings.general.recursive,
+            settings.video,
+            extra,
         )
+        if items.skipped:
+            logger.warning("skipped %d non-image file(s)", len(items.skipped))
+        return _Job(items, fetch, sources)
 
     def _context(
         self, resolved: _Job, settings: PredictSettings, outputs: OutputSpec | None = None
     ) -> dict[str, Any]:
-        sources = collections.Counter(item.source for item in resolved.items)
         job = outputs.job if outputs is not None else None
         return {
             **({"job": dataclasses.asdict(job)} if job is not None else {}),
             "input": {
                 "items": resolved.num_rows,
                 "videos": len(resolved.videos),
-                "sources": dict(sources),
+                "sources": dict(resolved.items.sources),
                 "skipped": len(resolved.skipped),
-                "first": [item.name for item in resolved.items[:5]],
+                "first": list(resolved.items.first),
             },
             "model": self.info.name,
             "task": self.info.task,
@@ -580,30 +549,44 @@ class ModelAPI:
 
 @dataclass
 class _Job:
-    """A resolved input: items (videos split into segments) and what goes with them."""
+    """A resolved input: its items (listed lazily when many) and what goes with them."""
 
-    items: list[Item]
-    skipped: list[str]
-    in_memory: dict[int, Any]
-    videos: dict[str, Any]
+    items: JobItems
     fetch: Any = None
     sources: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
         """Predictions the job produces: one per image and per selected video frame."""
-        return sum(item.num_rows for item in self.items)
+        return self.items.num_rows
+
+    @property
+    def skipped(self) -> list[str]:
+        """Files of input folders that are not images or videos."""
+        return self.items.skipped
+
+    @property
+    def in_memory(self) -> dict[int, Any]:
+        """Item index -> RGB array of each in-memory input."""
+        return self.items.in_memory
+
+    @property
+    def videos(self) -> dict[str, Any]:
+        """Path -> probed `VideoInfo` of each video."""
+        return self.items.videos
 
 
-def _add_platform_items(
-    items: list[Item], ids: dict[str, dict[str, list[Any]]]
-) -> tuple[MediaFetcher | None, dict[str, Any]]:
-    """Ask each platform for the media its ids stand for; append them as items.
+def _platform_items(
+    ids: dict[str, dict[str, list[Any]]],
+) -> tuple[list[Item], MediaFetcher | None, dict[str, Any]]:
+    """Ask each platform for the media its ids stand for, as items numbered from 0.
 
     Returns:
-        The fetcher of the platforms' media (for the decode tasks) and what the inputs
-        came from (for an upload's ``create``; one platform's, or by platform name).
+        The items, the fetcher of the platforms' media (for the decode tasks) and what
+        the inputs came from (for an upload's ``create``; one platform's, or by platform
+        name).
     """
+    items: list[Item] = []
     fetchers: dict[str, Any] = {}
     sources: dict[str, Any] = {}
     for name, keywords in ids.items():
@@ -625,7 +608,7 @@ def _add_platform_items(
             fetchers[platform.url_scheme] = inputs.fetch
         sources[platform.name] = inputs.sources
     only = next(iter(sources.values())) if len(sources) == 1 else sources
-    return (MediaFetcher(fetchers) if fetchers else None), only
+    return items, (MediaFetcher(fetchers) if fetchers else None), only
 
 
 def deploy(

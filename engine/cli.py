@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,9 @@ def _predict(args: argparse.Namespace) -> int:
             upload=args.upload, to=args.to, upload_options=key_values(args.upload_option)
         )
     job = {"job_id": args.job_id, "journal_dir": args.journal_dir}
-    results = model.predict(inputs, **outputs, **job, **options)
+    # streamed: the command holds no prediction once written (a large job's input is
+    # listed as it goes too)
+    results = model.predict(inputs, **outputs, **job, **options, stream=True)
     return _report(args, results, args.out, started)
 
 
@@ -263,9 +265,16 @@ def _given_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _report(args: argparse.Namespace, results: Any, out: Path, started: float) -> int:
-    """Write ``summary.json`` and print the summary; return the exit code."""
+    """Read the results to the end (saving pictures), write ``summary.json``, print it.
+
+    Returns:
+        The exit code.
+    """
     if args.visualize:
         _write_visualizations(results, out / "visualizations")
+    else:
+        for _ in results:  # a stream predicts as it is read
+            pass
     summary = {
         **results.summary(),
         "seconds": round(time.perf_counter() - started, 2),
@@ -351,7 +360,7 @@ def _track(args: argparse.Namespace) -> int:
     return EXIT_ITEMS_FAILED if failed else EXIT_OK
 
 
-def _write_visualizations(results: Sequence[Any], folder: Path) -> None:
+def _write_visualizations(results: Iterable[Any], folder: Path) -> None:
     used: set[str] = set()
     for prediction in results:
         if prediction.error is not None:

@@ -14,7 +14,7 @@ import collections
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +58,8 @@ class SessionCore:
     """Produce one plan's prediction blocks into a bounded buffer of object references.
 
     Args:
-        items: The resolved input items.
+        items: The resolved input items: a list, or an iterable read once, as the plans
+            are made (`engine.sources.job_items.JobItems`, with ``items_total``).
         settings: Validated settings.
         model: The model's description.
         workers: Deployed model workers to use; None starts the session's own from
@@ -77,11 +78,12 @@ class SessionCore:
         job_id: Names the job's upload journal.
         fetch: Downloads platform media (their own URL schemes) in the decode tasks.
         sources: Where the inputs came from (platform ids), for uploads.
+        items_total: Prediction rows ``items`` produce (counted from a list when None).
     """
 
     def __init__(
         self,
-        items: list[Item],
+        items: Iterable[Item],
         settings: PredictSettings,
         model: ModelInfo | None,
         workers: list[Any] | None = None,
@@ -97,15 +99,20 @@ class SessionCore:
         job_id: str | None = None,
         fetch: Any = None,
         sources: dict[str, Any] | None = None,
+        items_total: int | None = None,
     ) -> None:
-        self.items_total = sum(item.num_rows for item in items)
+        if items_total is None:
+            items = list(items)
+            items_total = sum(item.num_rows for item in items)
+        self.items_total = items_total
         self._videos = videos or {}
         self._output_spec = outputs if outputs is not None and not outputs.empty else None
         self._job_id = job_id or "local"
         self._sinks: list[Any] = []
         self._outputs: dict[str, Any] = {}
-        self._in_memory = {item.index: item for item in items if item.in_memory}
-        self._sources = {**_sources_of(items), **(sources or {})}
+        self._in_memory: dict[int, Item] = {}  # filled as the plans are made
+        origins = items.origins() if hasattr(items, "origins") else _sources_of(list(items))
+        self._sources = {**origins, **(sources or {})}
         self._fetch = fetch
         self._pace_batches = pace_batches
         self.model = model
@@ -199,18 +206,24 @@ class SessionCore:
         """
         items, self._items = self._items, []
         if self._pace_batches is None:
+            items = list(items)
+            self._in_memory.update((item.index, item) for item in items if item.in_memory)
             yield items
             return
         size = self._pace_batches * self._settings.general.batch_size  # prediction rows per plan
         chunk: list[Item] = []
         rows = 0
+        empty = True
         for item in items:
+            empty = False
+            if item.in_memory:
+                self._in_memory[item.index] = item
             chunk.append(item)
             rows += item.num_rows
             if rows >= size:
                 yield chunk
                 chunk, rows = [], 0
-        if chunk or not items:
+        if chunk or empty:
             yield chunk
 
     def _offer(self, ref: Any) -> None:

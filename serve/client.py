@@ -32,11 +32,11 @@ from typing import Any
 import requests
 from PIL import Image
 
-from engine.api import PredictionResults
 from engine.inference import ImageResult
 from engine.item_prediction import decode_items, item_prediction, predict_decoded
 from engine.prediction import Prediction
 from engine.prediction_json import prediction_from_json
+from engine.results import PredictionResults
 from engine.settings import ModelInfo, PredictSettings, validate_settings
 from engine.sources.items import Item
 from engine.sources.resolve import resolve_input

@@ -10,7 +10,7 @@ unsupported Python type (an int, a dict, a nested list) is a programming error a
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,37 @@ def resolve_input(input: Any, recursive: bool = False) -> ResolvedInput:
         'file not found: missing.jpg'
 
     """
-    resolver = _Resolver(recursive=recursive)
+    resolved = ResolvedInput()
+    resolved.items.extend(iter_resolved(input, recursive, resolved))
+    return resolved
+
+
+def iter_resolved(
+    input: Any,  # noqa: A002
+    recursive: bool = False,
+    found: ResolvedInput | None = None,
+    cwd: str | None = None,
+) -> Iterator[Item]:
+    """Resolve the input lazily: yield its items one by one, listing folders as it goes.
+
+    The same items as `resolve_input`, in the same order, without one list of them: a
+    folder's files are listed (and sorted) one folder at a time, so a tree of a million
+    images costs the memory of its largest folder's names.
+
+    Args:
+        input: As for `resolve_input`.
+        recursive: Descend into subfolders of directories.
+        found: Collects the skipped files and the in-memory arrays (``items`` untouched).
+        cwd: The folder relative paths are taken from (default: this process's).
+
+    Raises:
+        TypeError: As for `resolve_input`, once the iteration reaches the element.
+
+    Example:
+        >>> [item.name for item in iter_resolved(["a.jpg", "https://h/b.png"])]
+        ['a.jpg', 'b.png']
+    """
+    resolver = _Resolver(recursive, found if found is not None else ResolvedInput(), cwd)
     if isinstance(input, (list, tuple)):
         for position, element in enumerate(input):
             if isinstance(element, (list, tuple)):
@@ -92,36 +122,44 @@ def resolve_input(input: Any, recursive: bool = False) -> ResolvedInput:
                     f"input[{position}]: nested {type(element).__name__} is not supported; "
                     "pass one flat list"
                 )
-            resolver.add(element, f"input[{position}]")
+            yield from resolver.add(element, f"input[{position}]")
     else:
-        resolver.add(input, "input")
-    return resolver.result
+        yield from resolver.add(input, "input")
+
+
+def holds_in_memory(input: Any) -> bool:  # noqa: A002
+    """True when the input is, or lists, a PIL image or a numpy array.
+
+    Example:
+        >>> holds_in_memory(["a.jpg", np.zeros((2, 2, 3), np.uint8)]), holds_in_memory("a.jpg")
+        (True, False)
+    """
+    values = input if isinstance(input, (list, tuple)) else [input]
+    return any(isinstance(value, (Image.Image, np.ndarray)) for value in values)
 
 
 class _Resolver:
-    def __init__(self, recursive: bool) -> None:
+    def __init__(self, recursive: bool, found: ResolvedInput, cwd: str | None) -> None:
         self.recursive = recursive
-        self.result = ResolvedInput()
-
-    @property
-    def _next_index(self) -> int:
-        return len(self.result.items)
+        self.found = found
+        self.cwd = Path(cwd) if cwd is not None else None
+        self.count = 0
 
     def _item(self, source: str, name: str, **fields: Any) -> Item:
-        item = Item(index=self._next_index, source=source, name=name, **fields)
-        self.result.items.append(item)
+        item = Item(index=self.count, source=source, name=name, **fields)
+        self.count += 1
         return item
 
-    def add(self, value: Any, position: str) -> None:
+    def add(self, value: Any, position: str) -> Iterator[Item]:
         if isinstance(value, os.PathLike):
-            self._add_path(Path(os.fspath(value)), os.fspath(value))
+            yield from self._add_path(Path(os.fspath(value)), os.fspath(value))
         elif isinstance(value, str):
-            self._add_string(value)
+            yield from self._add_string(value)
         elif isinstance(value, Image.Image):
             # no pixel limit here: decode_item applies the caller's max_pixels
-            self._add_in_memory("pil", position, lambda name: pil_to_rgb(value, name, None))
+            yield self._add_in_memory("pil", position, lambda name: pil_to_rgb(value, name, None))
         elif isinstance(value, np.ndarray):
-            self._add_in_memory("array", position, lambda name: array_to_rgb(value, name))
+            yield self._add_in_memory("array", position, lambda name: array_to_rgb(value, name))
         else:
             raise TypeError(
                 f"{position}: unsupported input type {type(value).__module__}."
@@ -130,51 +168,59 @@ class _Resolver:
             )
 
     # ------------------------------------------------------------------ strings and paths
-    def _add_string(self, text: str) -> None:
+    def _add_string(self, text: str) -> Iterator[Item]:
         if has_url_scheme(text):
-            self._add_url(text)
+            yield self._add_url(text)
         else:
-            self._add_path(Path(text), text)
+            yield from self._add_path(Path(text), text)
 
-    def _add_url(self, url: str) -> None:
+    def _add_url(self, url: str) -> Item:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         name = unquote(parts.path.rstrip("/").rsplit("/", 1)[-1]) or parts.hostname or url
         if scheme not in ("http", "https"):
             error = f"{url}: unsupported URL scheme {scheme!r}; only http and https are supported"
-            self._item("url", name, url=url, error=error)
-        elif not parts.hostname:
-            self._item("url", name, url=url, error=f"{url}: invalid URL, no host")
-        else:
-            self._item("url", name, url=url)
+            return self._item("url", name, url=url, error=error)
+        if not parts.hostname:
+            return self._item("url", name, url=url, error=f"{url}: invalid URL, no host")
+        return self._item("url", name, url=url)
 
-    def _add_path(self, path: Path, shown: str) -> None:
-        path = path.expanduser()
+    def _add_path(self, given: Path, shown: str) -> Iterator[Item]:
+        given = given.expanduser()
+        path = given if self.cwd is None or given.is_absolute() else self.cwd / given
         if path.is_dir():
-            self._add_directory(path, shown)
+            yield from self._add_directory(path, shown)
         elif path.exists():
             source = "video" if is_video_path(path) else "file"
-            self._item(source, path.name, path=str(path.absolute()))
+            yield self._item(source, path.name, path=str(path.absolute()))
         else:
-            name = path.name or shown
-            source = "video" if is_video_path(path) else "file"
-            self._item(source, name, path=str(path), error=f"file not found: {shown}")
+            name = given.name or shown
+            source = "video" if is_video_path(given) else "file"
+            yield self._item(source, name, path=str(given), error=f"file not found: {shown}")
 
     # ------------------------------------------------------------------ directories
-    def _add_directory(self, directory: Path, shown: str) -> None:
-        if self._add_platform_dataset(directory, shown):
+    def _add_directory(self, directory: Path, shown: str) -> Iterator[Item]:
+        platform_items = self._add_platform_dataset(directory, shown)
+        if platform_items is not None:
+            yield from platform_items
             return
-        images, others = _list_directory(directory, self.recursive)
-        self.result.skipped.extend(others)
-        for image in images:
-            name = os.path.basename(image)
-            self._item("video" if _suffix(name) in VIDEO_EXTENSIONS else "file", name, path=image)
+        images = others = 0
+        for path, media in _walk_sorted(str(directory.absolute()), self.recursive):
+            if not media:
+                others += 1
+                self.found.skipped.append(path)
+                continue
+            images += 1
+            name = os.path.basename(path)
+            yield self._item(
+                "video" if _suffix(name) in VIDEO_EXTENSIONS else "file", name, path=path
+            )
         if not images:
-            self._item(
+            yield self._item(
                 "file",
                 directory.name or shown,
                 path=str(directory.absolute()),
-                error=self._empty_message(directory, shown, len(others)),
+                error=self._empty_message(directory, shown, others),
             )
 
     def _empty_message(self, directory: Path, shown: str, num_skipped: int) -> str:
@@ -185,41 +231,45 @@ class _Resolver:
             message += "; its subfolders contain images: pass recursive=True"
         return message
 
-    def _add_platform_dataset(self, directory: Path, shown: str) -> bool:
-        """Add the images of a platform's local dataset; False when it is not one."""
+    def _add_platform_dataset(self, directory: Path, shown: str) -> list[Item] | None:
+        """The items of a platform's local dataset; None when it is not one."""
         name = directory.absolute().name
         try:
             found = plugins.read_local_dataset(directory)
         except plugins.LocalDatasetError as e:  # a platform's layout it cannot read: say why
-            self._item(e.platform.name, name, path=str(directory.absolute()), error=str(e))
-            return True
+            return [self._item(e.platform.name, name, path=str(directory.absolute()), error=str(e))]
         if found is None:
-            return False
+            return None
         platform, refs = found
-        images = 0
+        items = []
         for ref in refs:
             if ref.path is not None and _is_image(Path(ref.path)):
-                images += 1
-                self._item(platform.name, ref.name, path=ref.path, url=ref.url, dataset=ref.dataset)
+                items.append(
+                    self._item(
+                        platform.name, ref.name, path=ref.path, url=ref.url, dataset=ref.dataset
+                    )
+                )
             else:
-                self.result.skipped.append(str(ref.path or ref.url))
-        if not images:
+                self.found.skipped.append(str(ref.path or ref.url))
+        if not items:
             error = f"{shown}: {platform.title or platform.name} project contains no images"
-            self._item(platform.name, name, path=str(directory.absolute()), error=error)
-        return True
+            items.append(
+                self._item(platform.name, name, path=str(directory.absolute()), error=error)
+            )
+        return items
 
     # ------------------------------------------------------------------ in memory
     def _add_in_memory(
         self, source: str, position: str, convert: Callable[[str], np.ndarray]
-    ) -> None:
-        name = f"{source}_{self._next_index}"
+    ) -> Item:
+        name = f"{source}_{self.count}"
         try:
             rgb = convert(f"{name} ({position})")
         except ImageLoadError as e:
-            self._item(source, name, error=str(e))
-            return
+            return self._item(source, name, error=str(e))
         item = self._item(source, name, pixels=rgb.tobytes(), shape=tuple(rgb.shape))
-        self.result.in_memory[item.index] = rgb
+        self.found.in_memory[item.index] = rgb
+        return item
 
 
 def _is_image(path: Path) -> bool:
@@ -236,51 +286,36 @@ def _suffix(name: str) -> str:
     return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
 
 
-def _list_directory(directory: Path, recursive: bool) -> tuple[list[str], list[str]]:
-    """Return (image and video files, other files) under `directory`, sorted by path parts.
+def _walk_sorted(
+    folder: str, recursive: bool, seen: set[str] | None = None
+) -> Iterator[tuple[str, bool]]:
+    """Visible regular files under ``folder`` as (path, is an image or video), sorted by path.
 
-    Paths are strings (no `Path` per file): a folder of 100,000 images lists in a
-    fraction of the time and memory.
+    One folder's names are listed and sorted at a time, and a subfolder's files come at
+    its name's place: the order of sorting every file by its path's parts, without the
+    list of every file. Symlinked folders are followed once.
     """
-    media: list[tuple[tuple[str, ...], str]] = []
-    others: list[tuple[tuple[str, ...], str]] = []
-    for parts, path in _walk_files(directory.absolute(), recursive):
-        suffix = _suffix(parts[-1])
-        is_media = suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS
-        (media if is_media else others).append((parts, path))
-    media.sort()
-    others.sort()
-    return [path for _, path in media], [path for _, path in others]
-
-
-def _walk_files(root: Path, recursive: bool) -> list[tuple[tuple[str, ...], str]]:
-    """Visible regular files under `root`: (parts relative to `root`, path) each.
-
-    Symlinked folders are followed once.
-    """
-    files: list[tuple[tuple[str, ...], str]] = []
-    pending: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
-    seen: set[str] = set()
-    while pending:
-        folder, parts = pending.pop()
-        real = os.path.realpath(folder)
-        if real in seen:
-            continue
-        seen.add(real)
-        try:
-            with os.scandir(folder) as scan:
-                entries = list(scan)
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                if recursive:
-                    pending.append((entry.path, (*parts, entry.name)))
-            elif entry.is_file():
-                files.append(((*parts, entry.name), entry.path))
-    return files
+    seen = set() if seen is None else seen
+    real = os.path.realpath(folder)
+    if real in seen:
+        return
+    seen.add(real)
+    try:
+        with os.scandir(folder) as scan:
+            entries = sorted(
+                (entry.name, entry.path, entry.is_dir(), entry.is_file())
+                for entry in scan
+                if entry.name[0] != "."
+            )
+    except OSError:
+        return
+    for name, path, is_dir, is_file in entries:
+        if is_dir:
+            if recursive:
+                yield from _walk_sorted(path, recursive, seen)
+        elif is_file:
+            suffix = _suffix(name)
+            yield path, suffix in IMAGE_EXTENSIONS or suffix in VIDEO_EXTENSIONS
 
 
 def _has_images_below(directory: Path) -> bool:

@@ -9,6 +9,7 @@ images and frames.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -75,16 +76,41 @@ def expand_videos(
         [(0, 2, 4)]
     """
     out = ExpandedItems([])
+    out.items.extend(
+        iter_expand_videos(items, options, out.videos, out.renumbered, frames_per_segment)
+    )
+    return out
+
+
+def iter_expand_videos(
+    items: Iterable[Item],
+    options: VideoSettings,
+    videos: dict[str, VideoInfo] | None = None,
+    renumbered: dict[int, int] | None = None,
+    frames_per_segment: int = DEFAULT_FRAMES_PER_SEGMENT,
+) -> Iterator[Item]:
+    """`expand_videos` lazily: yield the expanded items as ``items`` come.
+
+    Args:
+        items: Resolved items, in input order (an iterator is read once).
+        options: The frame selection.
+        videos: Path -> `VideoInfo`: a video found here is not probed again; each probed
+            video is added.
+        renumbered: Collects old index -> new index of the items kept whole.
+        frames_per_segment: About how many selected frames one segment holds.
+    """
+    videos = {} if videos is None else videos
     row = 0
     for item in items:
         if item.source != "video" or item.error is not None or item.frames is not None:
-            out.renumbered[item.index] = row
+            if renumbered is not None:
+                renumbered[item.index] = row
             # items are frozen: one already in its place is shared, not copied
-            out.items.append(item if item.index == row else replace(item, index=row))
+            yield item if item.index == row else replace(item, index=row)
             row += item.num_rows
             continue
         try:
-            info = probe_video(item.path)
+            info = videos.get(item.path) or probe_video(item.path)
             selected = select_frames(
                 _timestamps(info),
                 stride=options.stride,
@@ -97,23 +123,22 @@ def expand_videos(
             message = str(exc)
             if not message.startswith((item.name, str(item.path))):
                 message = f"{item.name}: {message}"
-            out.renumbered[item.index] = row
-            out.items.append(replace(item, index=row, error=message))
+            if renumbered is not None:
+                renumbered[item.index] = row
+            yield replace(item, index=row, error=message)
             row += 1
             continue
-        out.videos[item.path] = info
+        videos[item.path] = info
         missing = [index for index in selected if index >= info.num_frames]
         selected = selected[: len(selected) - len(missing)]
         for segment in plan_segments(info, selected, frames_per_segment):
-            out.items.append(
-                replace(
-                    item,
-                    index=row,
-                    frames=segment.frames,
-                    seek_frame=segment.seek_frame,
-                    seek_pts=segment.seek_pts,
-                    last_frame=segment.last_frame,
-                )
+            yield replace(
+                item,
+                index=row,
+                frames=segment.frames,
+                seek_frame=segment.seek_frame,
+                seek_pts=segment.seek_pts,
+                last_frame=segment.last_frame,
             )
             row += len(segment.frames)
         if missing:  # announced by the header, cut off the file: an error each, not dropped
@@ -121,9 +146,8 @@ def expand_videos(
                 f"{item.name}: the file is truncated: it holds {info.num_frames} of the "
                 f"{info.declared_frames} frames its header announces"
             )
-            out.items.append(replace(item, index=row, frames=tuple(missing), error=error))
+            yield replace(item, index=row, frames=tuple(missing), error=error)
             row += len(missing)
-    return out
 
 
 def _timestamps(info: VideoInfo) -> list[float]:
