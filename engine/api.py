@@ -790,9 +790,10 @@ def _worker_layout(
         if gpus < 1:
             raise ValueError(f"device {device!r} asked for, but the Ray cluster has no GPU")
         return (num_workers or (gpus if device == "cuda" else 1)), threads
-    workers = num_workers or 1
-    # a worker's threads share one node: size them by a node's CPUs, not the cluster's
+    # by default one CPU worker per node that has CPUs (one on a single machine); a
+    # worker's threads share one node: size them by a node's CPUs, not the cluster's
     node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    workers = num_workers or max(1, sum(1 for c in node_cpus if c))
     cpus = int(min((c for c in node_cpus if c), default=os.cpu_count() or 1))
     per_node = max(1, -(-workers // max(1, len(node_cpus))))  # workers SPREAD over nodes
     return workers, threads or max(1, cpus // per_node)

@@ -374,7 +374,8 @@ class JobJournal:
         """Record the job's items (row, key), once, when the job starts."""
         with self._transaction():
             self._db.execute("DELETE FROM items")
-            self._db.executemany("INSERT INTO items (row, key) VALUES (?, ?)", list(keys))
+            # an iterator: a large job's keys are written as its items are listed
+            self._db.executemany("INSERT INTO items (row, key) VALUES (?, ?)", iter(keys))
 
     def item_keys(self) -> list[str]:
         """The keys of the job's items, in row order."""

@@ -15,7 +15,7 @@ SPEC.json holds:
 - ``inputs``: paths (images, a directory, or videos for "track");
 - ``options``: `predict` settings (``batch_size``, ``stride``...);
 - ``outputs``: ``out``, ``format``, ``upload``, ``to``, ``upload_options`` (optional);
-- ``num_workers``: model workers to deploy;
+- ``num_workers``: model workers to deploy (None: the default, one per node);
 - ``delay``: seconds each model batch sleeps (so a job lasts long enough to be hit);
 - ``progress``: a file the model workers append one JSON line to per batch
   (node id, pid, images);
@@ -176,7 +176,7 @@ def run(spec: dict[str, Any], record: dict[str, Any]) -> None:
 
     model = engine.deploy(
         ProgressBoxes(spec["progress"], float(spec.get("delay", 0.0))),
-        num_workers=int(spec.get("num_workers", 3)),
+        **({"num_workers": int(spec["num_workers"])} if spec.get("num_workers") else {}),
     )
     import ray
 

@@ -31,6 +31,9 @@ from PIL import Image
 from scenes import draw_scene, random_boxes
 from videos import write_video
 
+#: One test process runs every test of the fixture cluster (``pytest -n``, loadgroup).
+pytestmark = pytest.mark.xdist_group("cluster")
+
 DRIVER = str(Path(__file__).with_name("cluster_driver.py"))
 TESSERA = str(Path(sys.executable).parent / "tessera")
 FAST = {"requests_per_second": 200.0, "max_in_flight": 8, "num_uploaders": 2}
@@ -132,8 +135,13 @@ def assert_node_lost_and_workers_replaced(record: dict[str, Any]) -> None:
 def three_node_run(ray_cluster, tmp_path_factory):  # noqa: F811
     folder = tmp_path_factory.mktemp("same_job")
     truth = write_scenes(folder / "images", 24)
-    record = drive(
-        ray_cluster, folder, "predict", [str(folder / "images")], options={"batch_size": 2}
+    record = drive(  # num_workers left to its default: one per node
+        ray_cluster,
+        folder,
+        "predict",
+        [str(folder / "images")],
+        num_workers=None,
+        options={"batch_size": 2},
     )
     return folder / "images", truth, record
 
@@ -161,7 +169,7 @@ def test_one_node_and_three_nodes_give_identical_predictions(reference_model, th
 def test_model_workers_spread_over_the_nodes(three_node_run):
     _, _, record = three_node_run
     workers = [a for a in record["actors_at_start"] if a["class"] == "ModelWorker"]
-    assert len(workers) == 3
+    assert record["num_workers"] == len(workers) == 3  # the default on 3 CPU nodes
     # one model worker per node (3 workers, 3 nodes), and the batches went to all of them
     assert sorted(a["node"] for a in workers) == sorted(record["nodes"])
     assert set(record["model_nodes"]) == set(record["nodes"])
