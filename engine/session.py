@@ -190,7 +190,7 @@ class SessionCore:
 
     def _start_plan(self, chunk: list[Item] | None) -> tuple[Iterator[Any], int] | None:
         """Start executing the plan of ``chunk``; return its block iterator and row count."""
-        if chunk is None:
+        if not chunk:  # no items at all (an empty input): nothing to plan
             return None
         dataset = plan_predictions(chunk, self._workers, self._settings, self._videos, self._fetch)
         return iter(dataset.iter_internal_ref_bundles()), sum(item.num_rows for item in chunk)
@@ -228,6 +228,8 @@ class SessionCore:
 
     def _offer(self, ref: Any) -> None:
         table: pa.Table = ray.get(ref)
+        if table.num_rows == 0:  # an empty block carries no schema and no predictions
+            return
         predictions = None
         for sink in self._sinks:
             if hasattr(sink, "write_block"):  # takes the block where it lives (Parquet)

@@ -479,6 +479,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server):
         ("media type", "post", "/predict", {"data": b"x", "headers": {"Content-Type": "text/plain"}}, 415, "Content-Type"),  # noqa: E501
         ("bad form", "post", "/predict", {"data": b"junk", "headers": {"Content-Type": "multipart/form-data; boundary=b"}}, 400, "form"),  # noqa: E501
         ("form without file", "post", "/predict", {"files": {"photo": ("a.png", image)}}, 400, "photo"),  # noqa: E501
+        ("empty image list", "post", "/predict", {"json": {"images": []}}, 400, "non-empty"),
         ("session without inputs", "post", "/sessions", {"json": {"inputs": []}}, 400, "inputs"),
         ("unknown session", "get", "/sessions/0123456789ab", {}, 404, "session"),
         ("unknown path", "get", "/nowhere", {}, 404, None),
