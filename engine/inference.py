@@ -107,6 +107,7 @@ def predict_images_tiled(
             views.append(None)
     # 1) + 2) crops are cut lazily, so a band is dropped once its tiles are predicted
     parts: list[list[Detections]] = [[] for _ in images]
+    windows: list[list[np.ndarray]] = [[] for _ in images]  # each detection's tile
     spent = [0.0] * len(images)
     for chunk in _batched(_crops(views, settings, errors), settings.general.batch_size):
         started = time.perf_counter()
@@ -123,6 +124,7 @@ def predict_images_tiled(
             found = _filtered(outcome, settings)
             if len(found) or not parts[crop.index]:
                 parts[crop.index].append(crop.place(found))
+                windows[crop.index].append(np.tile(crop.window, (len(found), 1)))
     results = []
     for index, view in enumerate(views):
         if index in errors or view is None:
@@ -134,6 +136,9 @@ def predict_images_tiled(
             metric=settings.tiling.merge_metric,
             threshold=settings.tiling.merge_threshold,
             class_agnostic=settings.tiling.class_agnostic,
+            windows=np.concatenate(windows[index]),
+            image_size=(view.height, view.width),
+            sahi_compatible=settings.tiling.sahi_compatible,
         )
         # 4) back into original pixels
         (h, w), (mh, mw) = view.original_size, (view.height, view.width)
@@ -154,6 +159,14 @@ class _Crop:
     height: int  # of the (resized) image the crop came from
     width: int
     scale: tuple[float, float] = (1.0, 1.0)
+
+    @property
+    def window(self) -> np.ndarray:
+        """The crop's x1, y1, x2, y2 in the pixels of its image (the whole image if shrunk)."""
+        if self.scale != (1.0, 1.0):
+            return np.array([0, 0, self.width, self.height], np.float32)
+        h, w = self.pixels.shape[:2]
+        return np.array([self.x, self.y, self.x + w, self.y + h], np.float32)
 
     def place(self, found: Detections) -> Detections:
         """Move the crop's detections into the pixels of the image it was cut from."""

@@ -301,11 +301,16 @@ class TilingSettings:
         window_size: Tile (height, width); resolved to the model's input size when not
             given. A window larger than the image shrinks to it.
         overlap: Tile overlap: a float in [0, 1) is a fraction of the window, an int pixels.
-        merge: How tiles' objects are merged: "nms", "nmm", "greedy_nmm" or "none".
+        merge: How tiles' objects are merged: "nms", "nmm", "greedy_nmm" or "none"
+            (default greedy NMM on IoS at 0.5, as SAHI's own default).
         merge_metric: "iou" or "ios" (intersection over the smaller box).
         merge_threshold: Overlap at which two objects are the same object.
         class_agnostic: Merge objects across classes.
         full_image: Also predict the whole image and merge it with the tiles.
+        sahi_compatible: Merge exactly as SAHI does (score order only, no recognition of
+            an object's pieces across tiles; see `engine.tiling.merge_detections`), to
+            reproduce SAHI's output. By default whole boxes rank above pieces that an
+            inner tile edge cuts, and each object is found once.
     """
 
     sliding_window: bool = setting(
@@ -324,13 +329,13 @@ class TilingSettings:
         cli_type=_parse_overlap,
     )
     merge: str = setting(
-        "nms",
+        "greedy_nmm",
         help="merge tiles' objects: nms, nmm, greedy_nmm or none",
         check=_choice("nms", "nmm", "greedy_nmm", "none"),
         cli_type=str,
     )
     merge_metric: str = setting(
-        "iou", help="overlap measure: iou or ios", check=_choice("iou", "ios"), cli_type=str
+        "ios", help="overlap measure: iou or ios", check=_choice("iou", "ios"), cli_type=str
     )
     merge_threshold: float = setting(
         0.5, help="overlap at which objects merge", check=_check_fraction, cli_type=float
@@ -340,6 +345,12 @@ class TilingSettings:
     )
     full_image: bool = setting(
         False, help="also predict the whole image and merge it in", check=_check_bool, cli_flag=True
+    )
+    sahi_compatible: bool = setting(
+        False,
+        help="merge exactly as SAHI does (score order only, no piece recognition)",
+        check=_check_bool,
+        cli_flag=True,
     )
 
 

@@ -5,10 +5,17 @@ detections are shifted back into the full image (`Detections.shifted`) and conca
 (`Detections.merge`), `merge_detections` removes or fuses the duplicates that the overlaps
 produce.
 
-The merges reproduce SAHI's postprocess (``sahi.postprocess.combine``: ``nms``,
-``greedy_nmm``, ``nmm`` and their ``batched_*`` per-class forms, dense numpy backend, plus
-the ``has_match`` re-check that SAHI's ``NMMPostprocess`` / ``GreedyNMMPostprocess`` apply
-while merging), so that the same inputs keep and merge the same boxes:
+By default the merges visit whole boxes first: a box that an inner tile edge cuts ranks
+below the boxes no inner edge cuts, then boxes go by score; given each detection's tile,
+the pieces of one object are recognised across tiles, so each object is found once with
+its whole box even when a clipped piece scores as high as the whole object (see
+`merge_detections`).
+
+With ``sahi_compatible=True`` the merges reproduce SAHI's postprocess
+(``sahi.postprocess.combine``: ``nms``, ``greedy_nmm``, ``nmm`` and their ``batched_*``
+per-class forms, dense numpy backend, plus the ``has_match`` re-check that SAHI's
+``NMMPostprocess`` / ``GreedyNMMPostprocess`` apply while merging), so that the same inputs
+keep and merge the same boxes:
 
 * order: score descending, ties broken by x1, y1, x2, y2 ascending;
 * overlap: float32 IoU, or IoS = intersection / area of the smaller box, 0 where the
@@ -36,6 +43,7 @@ from pycocotools import mask as coco_mask
 from engine.detections import Detections
 
 __all__ = [
+    "EDGE_TOLERANCE",
     "MERGE_METHODS",
     "MERGE_METRICS",
     "Tile",
@@ -48,6 +56,9 @@ __all__ = [
 MERGE_METHODS = ("nms", "nmm", "greedy_nmm", "none")
 #: Overlap measures: intersection over union, or over the smaller box's area.
 MERGE_METRICS = ("iou", "ios")
+#: Pixels within which a box side lies on a tile edge, and two tiles' views of an object
+#: agree (`merge_detections`).
+EDGE_TOLERANCE = 2.0
 
 
 # ---------------------------------------------------------------------------------- tiles
@@ -356,30 +367,71 @@ def _check_merge_args(method: str, metric: str, threshold: float) -> float:
     return float(threshold)
 
 
+def _check_windows(
+    windows: np.ndarray | Sequence | None, image_size: tuple[int, int] | None, n: int
+) -> tuple[np.ndarray | None, tuple[int, int] | None]:
+    if windows is None:
+        return None, None
+    boxes = np.asarray(windows, dtype=np.float32)
+    if boxes.size == 0:
+        boxes = boxes.reshape(-1, 4)
+    if boxes.shape != (n, 4):
+        raise ValueError(
+            f"windows must hold one tile box (x1, y1, x2, y2) per detection, shape ({n}, 4); "
+            f"got shape {boxes.shape}"
+        )
+    if (
+        not isinstance(image_size, Sequence)
+        or len(image_size) != 2
+        or not all(_is_int(v) and v > 0 for v in image_size)
+    ):
+        raise ValueError(
+            f"image_size must be the (height, width) of the image the windows tile, "
+            f"got {image_size!r}"
+        )
+    return boxes, (int(image_size[0]), int(image_size[1]))
+
+
 def merge_detections(
     detections: Detections,
-    method: str = "nms",
-    metric: str = "iou",
+    method: str = "greedy_nmm",
+    metric: str = "ios",
     threshold: float = 0.5,
     class_agnostic: bool = False,
+    *,
+    windows: np.ndarray | Sequence | None = None,
+    image_size: tuple[int, int] | None = None,
+    sahi_compatible: bool = False,
+    edge_tolerance: float = EDGE_TOLERANCE,
 ) -> Detections:
-    """Remove or fuse overlapping detections, as SAHI does after sliced inference.
+    """Remove or fuse overlapping detections: the duplicates that overlapping tiles make.
 
     Two boxes match when their overlap (``metric``) is at least ``threshold``; only boxes
-    of the same class match unless ``class_agnostic``. Boxes are visited by score
-    descending (ties: x1, y1, x2, y2 ascending).
+    of the same class match unless ``class_agnostic``.
 
-    * ``"nms"``: keep a box, drop every box matching it (IoU uses torchvision's NMS).
+    * ``"nms"``: keep a box, drop every box matching it.
     * ``"greedy_nmm"``: keep a box, and fuse into it the remaining boxes that match it.
-    * ``"nmm"``: like greedy_nmm, but a fused box also pulls in the remaining lower-scoring
-      boxes that match it, so chains A-B-C fuse even when A and C do not overlap.
+    * ``"nmm"``: like greedy_nmm, but a fused box also pulls in the remaining boxes that
+      match it, so chains A-B-C fuse even when A and C do not overlap.
     * ``"none"``: return ``detections`` unchanged.
 
-    Fusing visits a keeper's candidates in order and fuses one only if it still matches
-    the keeper's grown box (else it is dropped, as in SAHI). The fused detection has the
-    union box, the maximum score, the class of the top-scoring member (in class-agnostic
-    mode, with tied scores, the last tied member's, as in SAHI), the OR of the members'
-    masks, and the keeper's keypoints and track id.
+    By default boxes are visited whole first: a box that touches an inner edge of its
+    tile (an edge that is not the image border; within ``edge_tolerance`` pixels) ranks
+    below every box that no inner edge cuts, then by score descending, then by x1, y1, x2,
+    y2. With ``windows`` (each detection's tile) the pieces of one object are recognised
+    before the method runs: two detections from different tiles, at least one of them cut,
+    are views of one object when each, clipped to the other's tile, gives the same box
+    (within ``edge_tolerance``). A piece of an object that some tile sees whole is dropped
+    for it; an object that no tile sees whole (larger than the overlap) becomes the union
+    of its pieces (highest score, masks OR-ed). So every method finds such an object once,
+    with its whole box, whatever its scores. A fused detection has the union box, the
+    highest score, the class, keypoints and track id of its top-ranked member, and the OR
+    of the members' masks; a member joins a fused box only while it still matches the box
+    grown so far.
+
+    ``sahi_compatible=True`` reproduces ``sahi.postprocess.combine`` exactly instead
+    (score order only, no piece recognition, ``nmm`` fuses only strictly lower scores;
+    see the module docstring).
 
     Args:
         detections: Detections of one image (e.g. all tiles' detections in image pixels).
@@ -387,27 +439,372 @@ def merge_detections(
         metric: One of `MERGE_METRICS`: "iou", or "ios" (intersection over the smaller box).
         threshold: Overlap in [0, 1] at or above which two boxes match.
         class_agnostic: Match boxes of different classes too.
+        windows: (N, 4) x1, y1, x2, y2 of the tile each detection was found in (image
+            pixels), or None when the detections do not come from tiles.
+        image_size: (height, width) of the tiled image; required with ``windows``.
+        sahi_compatible: Merge exactly as SAHI does (``windows`` are then ignored).
+        edge_tolerance: Pixels within which a box side lies on a tile edge and two views
+            of an object's shared part are equal.
 
     Returns:
         The kept / fused detections sorted by score descending (``"none"``: the input).
         ``masks_rle`` stays a list (possibly empty) when the input had masks.
 
     Raises:
-        ValueError: If ``method``, ``metric`` or ``threshold`` is invalid, or masks to fuse
-            differ in size.
+        ValueError: If ``method``, ``metric``, ``threshold``, ``windows``, ``image_size``
+            or ``edge_tolerance`` is invalid, or masks to fuse differ in size.
 
     Example:
         >>> d = Detections(np.array([[0, 0, 10, 10], [1, 0, 11, 10]]), [0.9, 0.8], [0, 0])
         >>> merge_detections(d, "greedy_nmm").xyxy.tolist()
         [[0.0, 0.0, 11.0, 10.0]]
+        >>> pieces = Detections(np.array([[400, 0, 512, 30], [410, 0, 600, 30]]), [0.9, 0.9],
+        ...                     [0, 0])
+        >>> tiles = np.array([[0, 0, 512, 512], [410, 0, 922, 512]])
+        >>> merge_detections(pieces, "nms", "iou", windows=tiles, image_size=(512, 922)).xyxy
+        array([[400.,   0., 600.,  30.]], dtype=float32)
     """
     threshold = _check_merge_args(method, metric, threshold)
+    if not isinstance(sahi_compatible, bool):
+        raise ValueError(f"sahi_compatible must be True or False, got {sahi_compatible!r}")
+    if not (_is_float(edge_tolerance) or _is_int(edge_tolerance)) or not edge_tolerance >= 0:
+        raise ValueError(f"edge_tolerance must be a number >= 0, got {edge_tolerance!r}")
+    boxes, size = _check_windows(windows, image_size, len(detections))
     if method == "none":
         return detections
-    n = len(detections)
-    if n == 0:
+    if len(detections) == 0:
         return detections[np.arange(0)]
+    if sahi_compatible:
+        return _merge_sahi(detections, method, metric, threshold, class_agnostic)
+    return _merge_whole_first(
+        detections, method, metric, threshold, class_agnostic, boxes, size, float(edge_tolerance)
+    )
 
+
+# ------------------------------------------------------------------- whole-first merges
+def _cut_by_inner_edge(
+    xyxy: np.ndarray, windows: np.ndarray, image_size: tuple[int, int], tolerance: float
+) -> np.ndarray:
+    """Does a box lie on an edge of its tile that is not the image border?"""
+    height, width = image_size
+    x1, y1, x2, y2 = xyxy.T
+    wx1, wy1, wx2, wy2 = windows.T
+    return (
+        ((wx1 > 0) & (x1 <= wx1 + tolerance))
+        | ((wy1 > 0) & (y1 <= wy1 + tolerance))
+        | ((wx2 < width) & (x2 >= wx2 - tolerance))
+        | ((wy2 < height) & (y2 >= wy2 - tolerance))
+    )
+
+
+def _ranges(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each k, ``counts[k]`` entries: (k, 0), (k, 1), ... as two arrays."""
+    owner = np.repeat(np.arange(len(counts)), counts)
+    step = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    return owner, step
+
+
+def _candidate_pairs(
+    xyxy: np.ndarray, groups: np.ndarray, everything: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j), each once, of one group whose boxes share an area (all with ``everything``).
+
+    Boxes are hashed into a grid of square cells (about twice the median box side, grown
+    until no more than ~8 cells a box on average); two boxes pair in the cell that holds
+    the top-left corner of their intersection, so each pair is found once. Cost grows with
+    the pairs, not with N squared.
+    """
+    n = len(xyxy)
+    if everything:
+        i, j = np.triu_indices(n, 1)
+    else:
+        sides = np.maximum(xyxy[:, 2:] - xyxy[:, :2], 0)
+        cell = max(2.0 * float(np.median(sides.max(1))), 1.0)
+        origin = xyxy[:, :2].min(0)
+        while True:
+            lo = np.floor((xyxy[:, :2] - origin) / cell).astype(np.int64)
+            hi = np.maximum(np.ceil((xyxy[:, 2:] - origin) / cell).astype(np.int64) - 1, lo)
+            span = hi - lo + 1
+            per_box = span[:, 0] * span[:, 1]
+            if per_box.sum() <= 8 * n + 64:
+                break
+            cell *= 2.0
+        box, k = _ranges(per_box)
+        cx, cy = lo[box, 0] + k % span[box, 0], lo[box, 1] + k // span[box, 0]
+        key = cy * (int(hi[:, 0].max()) + 1) + cx
+        by_key = np.argsort(key, kind="stable")
+        box, key = box[by_key], key[by_key]
+        end = np.searchsorted(key, key, side="right")
+        first, step = _ranges(end - np.arange(len(key)) - 1)
+        i, j = box[first], box[first + 1 + step]
+        cell_key = key[first]
+        corner = np.maximum(xyxy[i, :2], xyxy[j, :2])
+        meets = (np.minimum(xyxy[i, 2:], xyxy[j, 2:]) > corner).all(1)
+        at = np.floor((corner - origin) / cell).astype(np.int64)
+        meets &= at[:, 1] * (int(hi[:, 0].max()) + 1) + at[:, 0] == cell_key
+        i, j = i[meets], j[meets]
+    same = groups[i] == groups[j]
+    return i[same], j[same]
+
+
+def _rowwise_overlap(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    """Float32 overlap of ``a[k]`` with ``b[k]``, as `pairwise_overlap` computes it."""
+    inter_w = np.maximum(np.float32(0), np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]))
+    inter_h = np.maximum(np.float32(0), np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]))
+    inter = inter_w * inter_h
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    denom = area_a + area_b - inter if metric == "iou" else np.minimum(area_a, area_b)
+    out = np.zeros(inter.shape, dtype=np.float32)
+    np.divide(inter, denom, out=out, where=denom > 0)
+    return out
+
+
+def _clip(boxes: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [np.maximum(boxes[:, :2], windows[:, :2]), np.minimum(boxes[:, 2:], windows[:, 2:])], 1
+    )
+
+
+@dataclass
+class _Stitched:
+    """Detections after the pieces of each object were put together.
+
+    ``rep[k]`` is the input detection that row k stands for (its class, keypoints, track
+    id); ``pieces[k]`` lists the input detections row k was put together from (None: only
+    ``rep[k]``; row k's mask is the OR of theirs).
+    """
+
+    rep: np.ndarray
+    xyxy: np.ndarray
+    scores: np.ndarray
+    cut: np.ndarray
+    pieces: dict[int, list[int]]
+
+
+def _stitch(
+    xyxy: np.ndarray,
+    scores: np.ndarray,
+    cut: np.ndarray,
+    windows: np.ndarray,
+    pairs: tuple[np.ndarray, np.ndarray],
+    tolerance: float,
+) -> _Stitched:
+    """Recognise the pieces of each object across tiles (see `merge_detections`)."""
+    n = len(xyxy)
+    i, j = pairs
+    # 1) two views of one object: different tiles, one cut, the same shared part
+    sel = (cut[i] | cut[j]) & np.any(windows[i] != windows[j], axis=1)
+    i, j = i[sel], j[sel]
+    part_i, part_j = _clip(xyxy[i], windows[j]), _clip(xyxy[j], windows[i])
+    sides = np.concatenate([part_i[:, 2:] - part_i[:, :2], part_j[:, 2:] - part_j[:, :2]], 1)
+    linked = (sides > 0).all(1) & (np.abs(part_i - part_j).max(1) <= tolerance)
+    i, j = i[linked], j[linked]
+    if len(i) == 0:
+        return _Stitched(np.arange(n), xyxy, scores, cut, {})
+    # 2) objects: connected views; a piece of an object seen whole somewhere is dropped
+    label, size = _components(n, i, j)
+    whole_seen = np.bincount(label, weights=(~cut).astype(np.float64), minlength=len(size)) > 0
+    alone = size[label] == 1
+    pieced = ~alone & ~whole_seen[label]
+    keep = alone | ~cut
+    # 3) objects seen whole nowhere: the union of their pieces, on the best piece's row
+    if pieced.any():
+        rank = np.lexsort((xyxy[:, 3], xyxy[:, 2], xyxy[:, 1], xyxy[:, 0], -scores))
+        rank = rank[pieced[rank]]
+        _, first = np.unique(label[rank], return_index=True)
+        keep[rank[first]] = True
+    rep = np.flatnonzero(keep)
+    out_xyxy, out_scores, out_cut = xyxy[rep].copy(), scores[rep].copy(), cut[rep].copy()
+    pieces: dict[int, list[int]] = {}
+    rows = np.flatnonzero(pieced[rep])
+    if len(rows):
+        members = np.flatnonzero(pieced)
+        members = members[np.argsort(label[members], kind="stable")]
+        bounds = np.searchsorted(label[members], label[rep[rows]])
+        ends = np.searchsorted(label[members], label[rep[rows]], side="right")
+        for row, start, end in zip(rows.tolist(), bounds.tolist(), ends.tolist()):
+            group = members[start:end]
+            out_xyxy[row, :2] = xyxy[group, :2].min(0)
+            out_xyxy[row, 2:] = xyxy[group, 2:].max(0)
+            out_scores[row] = scores[group].max()
+            out_cut[row] = False  # put together whole
+            pieces[row] = group.tolist()
+    return _Stitched(rep, out_xyxy, out_scores, out_cut, pieces)
+
+
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of the undirected pairs (i, j): each node's label, each size."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    return label, np.bincount(label)
+
+
+def _stitched_pairs(
+    st: _Stitched, n: int, pairs: tuple[np.ndarray, np.ndarray], classes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The input's intersecting pairs as rows of ``st``, plus those of put-together rows."""
+    m = len(st.rep)
+    row_of = np.full(n, -1, np.int64)
+    row_of[st.rep] = np.arange(m)
+    grown = np.zeros(m, bool)
+    grown[list(st.pieces)] = True
+    i, j = row_of[pairs[0]], row_of[pairs[1]]
+    ok = (i >= 0) & (j >= 0)
+    ok[ok] = ~grown[i[ok]] & ~grown[j[ok]]
+    more_i, more_j = [i[ok]], [j[ok]]
+    for row in st.pieces:  # a union box meets boxes none of its pieces met
+        box = st.xyxy[row]
+        meets = (np.minimum(st.xyxy[:, 2:], box[2:]) > np.maximum(st.xyxy[:, :2], box[:2])).all(1)
+        meets &= (classes[st.rep] == classes[st.rep[row]]) & (~grown | (np.arange(m) > row))
+        meets[row] = False
+        others = np.flatnonzero(meets)
+        more_i.append(np.full(len(others), row, np.int64))
+        more_j.append(others)
+    return np.concatenate(more_i), np.concatenate(more_j)
+
+
+def _keepers(method: str, order: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Each box's keeper (itself when kept; -1 when NMS drops it), visiting in ``order``.
+
+    A box absorbs (or suppresses) only boxes later in the order. A group of boxes that all
+    match each other goes to its first box at once; the other groups are walked in order.
+    """
+    m = len(order)
+    keeper_of = np.arange(m)
+    if len(i) == 0:
+        return keeper_of
+    pos = np.empty(m, np.int64)
+    pos[order] = np.arange(m)
+    label, size = _components(m, i, j)
+    edges = np.bincount(label[i], minlength=len(size))
+    clique = edges == size * (size - 1) // 2
+    first_pos = np.full(len(size), m, np.int64)
+    np.minimum.at(first_pos, label, pos)
+    keeper_of = order[first_pos[label]]
+    if method == "nms":
+        keeper_of[clique[label] & (keeper_of != np.arange(m))] = -1
+    walk = ~clique[label]
+    if not walk.any():
+        return keeper_of
+    # the other groups, box by box in order
+    sel = walk[i]
+    src, dst = np.concatenate([i[sel], j[sel]]), np.concatenate([j[sel], i[sel]])
+    by_src = np.argsort(src, kind="stable")
+    ptr = np.zeros(m + 1, np.int64)
+    np.cumsum(np.bincount(src, minlength=m), out=ptr[1:])
+    nbrs = dst[by_src]
+    keeper_of[walk] = -2  # not yet reached
+    for k in order[walk[order]].tolist():
+        near = nbrs[ptr[k] : ptr[k + 1]]
+        if method == "nms":
+            if keeper_of[k] == -2:
+                keeper_of[k] = k
+                near = near[keeper_of[near] == -2]
+                keeper_of[near] = -1
+            continue
+        if keeper_of[k] == -2:
+            keeper_of[k] = k
+        elif method == "greedy_nmm":
+            continue
+        near = near[(keeper_of[near] == -2) & (pos[near] > pos[k])]
+        keeper_of[near] = keeper_of[k]
+    return keeper_of
+
+
+def _merge_whole_first(
+    detections: Detections,
+    method: str,
+    metric: str,
+    threshold: float,
+    class_agnostic: bool,
+    windows: np.ndarray | None,
+    image_size: tuple[int, int] | None,
+    tolerance: float,
+) -> Detections:
+    """`merge_detections` without ``sahi_compatible``: whole boxes first, pieces stitched."""
+    n = len(detections)
+    xyxy, scores = detections.xyxy, detections.scores
+    classes = np.zeros(n, np.int64) if class_agnostic else detections.class_idxs
+    # 1) which boxes an inner tile edge cuts, and the pieces of one object put together
+    pairs = _candidate_pairs(xyxy, classes, everything=False)
+    if windows is None:
+        st = _Stitched(np.arange(n), xyxy, scores, np.zeros(n, bool), {})
+    else:
+        cut = _cut_by_inner_edge(xyxy, windows, image_size, tolerance)
+        st = _stitch(xyxy, scores, cut, windows, pairs, tolerance)
+    # 2) the method, visiting whole boxes first, then by score, then by box
+    box = st.xyxy
+    order = np.lexsort((box[:, 3], box[:, 2], box[:, 1], box[:, 0], -st.scores, st.cut))
+    if threshold <= 0:
+        i, j = _candidate_pairs(box, classes[st.rep], everything=True)
+    elif len(st.rep) < n:
+        i, j = _stitched_pairs(st, n, pairs, classes)
+    else:
+        i, j = pairs  # the rows are the input's
+    matched = _rowwise_overlap(box[i], box[j], metric) >= np.float32(threshold)
+    keeper_of = _keepers(method, order, i[matched], j[matched])
+    # 3) fuse each keeper's members in turn while they match the grown box
+    out_xyxy, out_scores = box.copy(), st.scores.copy()
+    rows = np.arange(len(box))
+    if method != "nms":
+        members = np.flatnonzero((keeper_of >= 0) & (keeper_of != rows))
+        owner = keeper_of[members]
+        inside = (box[members, :2] >= box[owner, :2]).all(1) & (
+            box[members, 2:] <= box[owner, 2:]
+        ).all(1)
+        if not inside.all():
+            pos = np.empty(len(order), np.int64)
+            pos[order] = np.arange(len(order))
+            for keep in np.unique(owner[~inside]).tolist():
+                group = members[owner == keep]
+                group = group[np.argsort(pos[group])]
+                grown, fused = _absorb(box[keep], box[group], metric, threshold)
+                out_xyxy[keep] = grown
+                keeper_of[group[~fused]] = -1
+            members = np.flatnonzero((keeper_of >= 0) & (keeper_of != rows))
+        np.maximum.at(out_scores, keeper_of[members], st.scores[members])
+    # 4) the output, by score descending (ties: the visiting order)
+    keepers = np.flatnonzero(keeper_of == rows)
+    pos = np.empty(len(order), np.int64)
+    pos[order] = np.arange(len(order))
+    keepers = keepers[np.lexsort((pos[keepers], -out_scores[keepers]))]
+    out = detections[st.rep[keepers]]
+    masks = None
+    if detections.masks_rle is not None:
+        masks = _fused_masks(detections.masks_rle, st, keeper_of, keepers)
+    return Detections(
+        xyxy=out_xyxy[keepers],
+        scores=out_scores[keepers],
+        class_idxs=out.class_idxs,
+        masks_rle=masks,
+        keypoints=out.keypoints,
+        track_ids=out.track_ids,
+        data=out.data,
+    )
+
+
+def _fused_masks(
+    rles: list[dict], st: _Stitched, keeper_of: np.ndarray, keepers: np.ndarray
+) -> list[dict]:
+    """Each kept row's mask: the OR of the masks of every input detection fused into it."""
+    sources: dict[int, list[int]] = {int(k): [] for k in keepers}
+    for row in np.flatnonzero(keeper_of >= 0).tolist():
+        sources[int(keeper_of[row])].extend(st.pieces.get(row, [int(st.rep[row])]))
+    return [
+        rles[s[0]] if len(s) == 1 else _merge_masks([rles[k] for k in s])
+        for s in (sources[int(k)] for k in keepers)
+    ]
+
+
+def _merge_sahi(
+    detections: Detections, method: str, metric: str, threshold: float, class_agnostic: bool
+) -> Detections:
+    """SAHI's merge, exactly: score order, ties by box (see the module docstring)."""
+    n = len(detections)
     # 1) Run the method on each class group (one group when class-agnostic).
     xyxy, scores = detections.xyxy, detections.scores
     classes = np.zeros(n, np.int64) if class_agnostic else detections.class_idxs

@@ -143,12 +143,16 @@ def test_a_stream_hands_out_the_predictions_and_keeps_only_the_failed(
     streamed = list(stream)
     listed = reference_model.predict(inputs, recursive=True, progress=False)
     assert [_answer(p) for p in streamed] == [_answer(p) for p in listed]
-    assert stream.summary() == listed.summary() == {
-        "items": len(truth) + 1,
-        "predicted": len(truth),
-        "failed": 1,
-        "skipped": 1,
-        "objects": sum(len(boxes) for boxes in truth.values()),
-    }
+    assert (
+        stream.summary()
+        == listed.summary()
+        == {
+            "items": len(truth) + 1,
+            "predicted": len(truth),
+            "failed": 1,
+            "skipped": 1,
+            "objects": sum(len(boxes) for boxes in truth.values()),
+        }
+    )
     assert [p.name for p in stream.failed] == ["missing.png"]
     assert stream.outputs["export:jsonl"]["written"] == len(truth) + 1

@@ -297,7 +297,9 @@ def test_matches_sahi_on_random_boxes(sahi, method):
             for threshold in (0.1, 0.5, 0.6):
                 for agnostic in (False, True):
                     theirs = post(threshold, metric.upper(), agnostic)(list(preds))
-                    ours = merge_detections(d, method, metric, threshold, agnostic)
+                    ours = merge_detections(
+                        d, method, metric, threshold, agnostic, sahi_compatible=True
+                    )
                     want = _rows(
                         [p.bbox.to_xyxy() for p in theirs],
                         [p.score.value for p in theirs],
