@@ -21,9 +21,9 @@ import ray
 
 from engine.inference import ImageResult
 from engine.item_prediction import decode_items, item_prediction, predict_decoded
-from engine.schemas import ITEM_SCHEMA, PREDICTION_SCHEMA
+from engine.schemas import PREDICTION_SCHEMA
 from engine.settings import PredictSettings
-from engine.sources.items import Item
+from engine.sources.items import Item, items_from_table, items_table
 from engine.sources.video import DecodedFrame, decode_segment
 from engine.sources.video_items import segment_of
 
@@ -54,7 +54,7 @@ def plan_predictions(
     """
     # 1) one block per model batch of images, and one per video segment, so a task decodes
     #    exactly what it hands on; an explicit schema keeps every block's types the same
-    table = pa.Table.from_pylist([item.to_row() for item in items], schema=ITEM_SCHEMA)
+    table = items_table(items)
     blocks = [table.slice(start, stop - start) for start, stop in _block_bounds(items, settings)]
     dataset = ray.data.from_arrow(blocks or [table])
     # 2) decode in tasks, predict on the model workers, emit prediction rows
@@ -98,7 +98,7 @@ def predict_batch(
     fetch: Any = None,
 ) -> pa.Table:
     """Decode one batch of items and predict it on a model worker (a Ray Data UDF)."""
-    items = [Item.from_row(row) for row in batch.to_pylist()]
+    items = items_from_table(batch)
     if len(items) == 1 and items[0].frames is not None:
         return predict_segment(items[0], workers, settings, (videos or {}).get(items[0].path))
     # 1) decode, a failure staying with its item; 2) predict on one worker, spreading

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from engine.schemas import ITEM_SCHEMA
 
@@ -35,7 +36,9 @@ class Item:
         url: The http(s) URL for "url" items; a platform's media URL (in its own
             scheme) for a platform's items.
         dataset: The platform dataset's name (nested ones as "parent/child").
-        pixels: Raw HWC RGB uint8 bytes of an in-memory image, already converted to RGB.
+        pixels: Raw HWC RGB uint8 bytes of an in-memory image, already converted to RGB
+            (a read-only memoryview over an Arrow buffer once read back from a table by
+            `items_from_table`: never copied).
         shape: (height, width, 3) of `pixels`.
         error: A problem found while resolving; the item is not decoded and its
             prediction carries this error.
@@ -59,7 +62,7 @@ class Item:
     path: str | None = None
     url: str | None = None
     dataset: str | None = None
-    pixels: bytes | None = None
+    pixels: bytes | memoryview | None = None
     shape: tuple[int, int, int] | None = None
     error: str | None = None
     frames: tuple[int, ...] | None = None
@@ -128,7 +131,7 @@ class Item:
             path=_optional_str(row.get("path")),
             url=_optional_str(row.get("url")),
             dataset=_optional_str(row.get("dataset")),
-            pixels=None if _is_missing(pixels) else bytes(pixels),
+            pixels=None if _is_missing(pixels) else _as_buffer(pixels),
             shape=None if _is_missing(shape) else tuple(int(s) for s in shape),
             error=_optional_str(row.get("error")),
             frames=None if _is_missing(frames) else tuple(int(f) for f in frames),
@@ -157,6 +160,47 @@ class Item:
         if self.pixels is None or self.shape is None:
             raise ValueError(f"{self.name}: item holds no in-memory pixels")
         return np.frombuffer(self.pixels, dtype=np.uint8).reshape(self.shape)
+
+
+def items_table(items: list[Item]) -> pa.Table:
+    """The items as an Arrow table of `engine.schemas.ITEM_SCHEMA`, built column by column.
+
+    Column by column, an in-memory image's pixels are copied once into the table's
+    buffer (``Table.from_pylist`` takes several times as long on a 200 MB image).
+
+    Example:
+        >>> items_table([Item(index=0, source="file", name="a.png", path="/a.png")]).num_rows
+        1
+    """
+    rows = [item.to_row() for item in items]
+    return pa.Table.from_pydict(
+        {name: [row[name] for row in rows] for name in ITEM_SCHEMA.names}, schema=ITEM_SCHEMA
+    )
+
+
+def items_from_table(table: pa.Table) -> list[Item]:
+    """The items of a table made by `items_table`; in-memory pixels are not copied.
+
+    Each item's ``pixels`` is a read-only memoryview over the table's own buffer (it keeps
+    the buffer alive), so a decode task hands a large in-memory image on without copying.
+
+    Example:
+        >>> item = Item(index=0, source="array", name="array_0", pixels=bytes(12), shape=(2, 2, 3))
+        >>> items_from_table(items_table([item]))[0].image_array().shape
+        (2, 2, 3)
+    """
+    pixels = table.column("pixels")
+    rows = table.drop_columns(["pixels"]).to_pylist()
+    views = [
+        None if not value.is_valid else memoryview(value.as_buffer())
+        for chunk in pixels.chunks
+        for value in chunk
+    ]
+    return [Item.from_row({**row, "pixels": view}) for row, view in zip(rows, views)]
+
+
+def _as_buffer(pixels: Any) -> bytes | memoryview:
+    return pixels if isinstance(pixels, (bytes, memoryview)) else bytes(pixels)
 
 
 def _is_missing(value: Any) -> bool:
