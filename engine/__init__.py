@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         track,
     )
     from engine.detections import Detections
+    from engine.evaluation import EvaluationReport, evaluate
     from engine.models.base import ModelAdapter
     from engine.models.checkpoint import save_checkpoint
     from engine.models.zoo import list_models
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "Detections": "engine.detections",
+    "EvaluationReport": "engine.evaluation",
+    "evaluate": "engine.evaluation",
     "ModelAPI": "engine.api",
     "ModelAdapter": "engine.models.base",
     "Prediction": "engine.prediction",
@@ -56,6 +59,8 @@ __all__ = [
     "attach",
     "connect",
     "Detections",
+    "EvaluationReport",
+    "evaluate",
     "ModelAPI",
     "ModelAdapter",
     "Prediction",

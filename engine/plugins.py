@@ -326,6 +326,15 @@ class Platform:
         """
         return None
 
+    def read_local_ground_truth(self, directory: Path) -> Iterable[Prediction] | None:
+        """The labelled images of a local dataset in this platform's layout, or None.
+
+        Each image is a `Prediction` of its labels (scores ignored), named as the image
+        file (`engine.evaluate` matches predictions to it by that name). Raises
+        ValueError when the layout is this platform's but cannot be read.
+        """
+        return None
+
     def annotation_formats(self) -> Mapping[str, AnnotationFormat]:
         """Image annotation formats by name (usually one, named after the platform)."""
         return {}

@@ -9,7 +9,8 @@ format; the ``sly`` export (a local project); and the uploader (``to="supervisel
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,31 @@ from engine.plugins import (
 from engine.prediction import Prediction
 
 __all__ = ["PLATFORM", "SuperviselyImageFormat", "SuperviselyPlatform"]
+
+
+def _labelled_images(
+    datasets: list[tuple[str, list[tuple[Path, Path | None]]]], class_names: list[str]
+) -> Iterator[Prediction]:
+    for dataset, images in datasets:
+        for image, annotation_path in images:
+            if annotation_path is None:
+                raise ValueError(f"{image}: the image has no annotation file in ann/")
+            try:
+                annotation = json.loads(annotation_path.read_text())
+                size = annotation["size"]
+                detections = supervisely_to_detections(annotation, class_names)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{annotation_path}: not a readable annotation ({exc})") from exc
+            yield Prediction(
+                detections=detections,
+                class_names=list(class_names),
+                source="file",
+                name=image.name,
+                path=str(image),
+                dataset=dataset,
+                height=int(size["height"]),
+                width=int(size["width"]),
+            )
 
 
 class SuperviselyImageFormat:
@@ -88,6 +114,14 @@ class SuperviselyPlatform(Platform):
             for dataset, images in project.datasets
             for image, _annotation in images
         ]
+
+    def read_local_ground_truth(self, directory: Path) -> Iterator[Prediction] | None:
+        """A local project's labelled images: rectangles and bitmaps as boxes and masks."""
+        if not has_project_layout(directory):
+            return None
+        project = read_project(directory)
+        names = [c["title"] for c in project.meta.get("classes", [])]
+        return _labelled_images(project.datasets, names)
 
     def annotation_formats(self) -> Mapping[str, AnnotationFormat]:
         """``supervisely``: the image annotation JSON."""
