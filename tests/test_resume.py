@@ -211,7 +211,14 @@ def test_a_detached_session_killed_with_its_actor_resumes(reference_model, tmp_p
     deadline = time.monotonic() + 120
     while done_count(root / "detached") < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    ray.kill(ray.get_actor(session_actor_name(session.id), namespace=NAMESPACE))
+    actor = ray.get_actor(session_actor_name(session.id), namespace=NAMESPACE)
+    ray.kill(actor)
+    while True:  # ray.kill returns at once: count what is done once the actor is gone
+        try:
+            ray.get(actor.__ray_ready__.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            break
+        time.sleep(0.05)
     session.detach()
     done_before = done_count(root / "detached")
     assert 2 <= done_before < 24

@@ -29,6 +29,10 @@ from engine.evaluation.report import ClassMetrics, EvaluationReport, write_repor
 
 __all__ = ["ClassMetrics", "EvaluationReport", "GroundTruth", "evaluate", "load_ground_truth"]
 
+#: The `EvaluationReport` fields of ``COCOeval.stats``, in its order.
+COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large", "mar_1",
+              "mar_10", "mar_100", "mar_small", "mar_medium", "mar_large")  # fmt: skip
+
 #: Images evaluated together by one COCOeval.evaluate() call.
 DEFAULT_CHUNK_SIZE = 1000
 
@@ -185,18 +189,7 @@ def _report(
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return EvaluationReport(
         iou_type=scorer.iou_type,
-        map=stats[0],
-        map50=stats[1],
-        map75=stats[2],
-        map_small=stats[3],
-        map_medium=stats[4],
-        map_large=stats[5],
-        mar_1=stats[6],
-        mar_10=stats[7],
-        mar_100=stats[8],
-        mar_small=stats[9],
-        mar_medium=stats[10],
-        mar_large=stats[11],
+        **dict(zip(COCO_STATS, stats)),
         conf=float(conf),
         iou_threshold=float(iou_threshold),
         precision=precision,
