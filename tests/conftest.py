@@ -8,6 +8,9 @@ import tempfile
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# `make test` runs two pytest workers (pytest-xdist), each with its own local Ray: random ports
+# keep their GCS, raylets and object managers from colliding on Ray's fixed defaults
+os.environ.setdefault("RAY_USE_RANDOM_PORTS", "1")
 # every job record and upload journal of the suite (and of the Ray workers and subprocesses
 # it starts, which inherit this) goes to a temporary folder, not ~/.tessera/jobs
 os.environ.setdefault("TESSERA_JOBS_DIR", tempfile.mkdtemp(prefix="tessera-test-jobs-"))
