@@ -151,6 +151,24 @@ def test_a_detector_that_misses_half_has_recall_one_half():
     assert report.confusion_matrix[labels.index("person")][labels.index("background")] == 6
 
 
+def test_a_failed_image_counts_as_predicting_nothing_and_is_named(tmp_path):
+    boxes = np.array([[10, 20, 50, 60], [70, 20, 110, 60]], np.float32)
+    truth = [labelled(f"{i}.png", boxes, [0, 1]) for i in range(3)]
+    predictions = [labelled(f"{i}.png", boxes, [0, 1], [0.9, 0.9]) for i in range(2)]
+    failed = Prediction(Detections.empty(), list(CLASSES), name="2.png", error="cannot decode")
+    predictions.append(failed)
+    report = engine.evaluate(predictions, truth, out=tmp_path / "report")
+    assert report.failed_images == ["2.png"]
+    assert (report.images, report.predicted_images) == (3, 2)
+    assert report.recall == pytest.approx(4 / 6) and report.precision == 1.0
+    assert "1 failed" in report.summary()
+    assert "`2.png`" in (tmp_path / "report" / "report.md").read_text()
+    # the same through a jsonl export, where the failure is a line with an error
+    export = tmp_path / "predictions.jsonl"
+    export.write_text("".join(prediction_to_jsonl(p) + "\n" for p in predictions))
+    assert engine.evaluate(export, truth).to_dict() == report.to_dict()
+
+
 def test_a_shifted_box_crosses_the_iou_thresholds_as_computed_by_hand():
     truth = [labelled("a.png", [[100, 50, 200, 150]], [0])]
     # shifted 20 px right: intersection 80x100, union 120x100, IoU 2/3

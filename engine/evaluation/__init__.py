@@ -9,6 +9,7 @@ See `evaluate`; the inputs it reads are in `engine.evaluation.inputs`, the metri
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from engine.evaluation.metrics import (
 from engine.evaluation.report import ClassMetrics, EvaluationReport, write_report
 
 __all__ = ["ClassMetrics", "EvaluationReport", "GroundTruth", "evaluate", "load_ground_truth"]
+
+logger = logging.getLogger(__name__)
 
 #: The `EvaluationReport` fields of ``COCOeval.stats``, in its order.
 COCO_STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large", "mar_1",
@@ -96,6 +99,7 @@ def evaluate(
     position = {cat: k for k, cat in enumerate(categories)}
     confusion = np.zeros((len(categories) + 1,) * 2, np.int64)
     seen: set[int] = set()
+    failed: list[str] = []
     chunk_ids: list[int] = []
     chunk_rows: list[dict[str, Any]] = []
 
@@ -113,6 +117,8 @@ def evaluate(
             name = index.imgs[detected.image_id].get("file_name")
             raise ValueError(f"iou_type='segm': the predictions for {name!r} have no masks")
         seen.add(detected.image_id)
+        if detected.error is not None:
+            failed.append(str(index.imgs[detected.image_id].get("file_name")))
         confusion += confusion_counts(
             index, detected.image_id, detected.rows, position, conf, iou_threshold, iou_type
         )
@@ -131,7 +137,16 @@ def evaluate(
                 index, image_id, [], position, conf, iou_threshold, iou_type
             )
     # 3) accumulate, then the operating points from the same matches
-    report = _report(scorer, index, categories, confusion, conf, iou_threshold, len(seen))
+    report = _report(
+        scorer, index, categories, confusion, conf, iou_threshold, len(seen) - len(failed)
+    )
+    report.failed_images = failed
+    if failed:
+        logger.warning(
+            "evaluate: %d image(s) could not be predicted and count as predicting nothing: %s",
+            len(failed),
+            ", ".join(failed[:10]) + (" ..." if len(failed) > 10 else ""),
+        )
     if out is not None:
         write_report(report, out)
     return report

@@ -75,11 +75,15 @@ class GroundTruth:
 
 @dataclass
 class Detected:
-    """One image's predicted objects in COCO result rows (category ids of the ground truth)."""
+    """One image's predicted objects in COCO result rows (category ids of the ground truth).
+
+    ``error`` is the Prediction's error when the image could not be predicted (no rows).
+    """
 
     image_id: int
     rows: list[dict[str, Any]]
     has_masks: bool
+    error: str | None = None
 
 
 # ------------------------------------------------------------------------- ground truth
@@ -261,6 +265,9 @@ def _from_predictions(predictions: Iterable[Any], truth: GroundTruth) -> Iterato
                 f"prediction {position} ({prediction.name or prediction.path!r}) is for an "
                 f"image the ground truth ({truth.source}) does not hold"
             )
+        if prediction.error is not None:
+            yield Detected(image_id, [], False, error=prediction.error)
+            continue
         missing = sorted(set(prediction.classes) - set(truth.category_ids))
         if missing:
             raise ValueError(

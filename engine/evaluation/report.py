@@ -60,7 +60,9 @@ class EvaluationReport:
         classes: Per-class figures, in the ground truth's category order.
         confusion_matrix: Rows the true class, columns the predicted one; the last row and
             column are "background" (`confusion_labels`).
-        images: Images evaluated; predicted_images: those with predictions.
+        images: Images evaluated; predicted_images: those predicted (without an error).
+        failed_images: The names of images whose prediction failed (a Prediction with an
+            ``error``): scored as predicting nothing.
         curves: Per class, precision at COCO's 101 recall points (IoU .5) and F1 at the
             101 confidences 0, 0.01, ... 1 (for the pictures).
     """
@@ -88,6 +90,7 @@ class EvaluationReport:
     confusion_labels: list[str]
     images: int
     predicted_images: int
+    failed_images: list[str] = field(default_factory=list)
     curves: dict[str, dict[str, list[float]]] = field(default_factory=dict, repr=False)
 
     def to_dict(self, curves: bool = False) -> dict[str, Any]:
@@ -103,7 +106,9 @@ class EvaluationReport:
             f"{self.iou_type}: mAP {self.map:.3f}, mAP50 {self.map50:.3f}, "
             f"mAP75 {self.map75:.3f}; at conf {self.conf:g}, IoU {self.iou_threshold:g}: "
             f"precision {self.precision:.3f}, recall {self.recall:.3f}, F1 {self.f1:.3f} "
-            f"({self.images} image(s), {len(self.classes)} class(es))"
+            f"({self.images} image(s), {len(self.classes)} class(es)"
+            + (f", {len(self.failed_images)} failed" if self.failed_images else "")
+            + ")"
         )
 
 
@@ -169,6 +174,16 @@ def _markdown(report: EvaluationReport) -> str:
         f"{report.images} image(s), {report.predicted_images} with predictions. COCO metrics "
         "by pycocotools' COCOeval; -1 / '-' where no ground truth falls in a range.",
         "",
+    ]
+    if report.failed_images:
+        shown = ", ".join(f"`{name}`" for name in report.failed_images[:20])
+        more = len(report.failed_images) - 20
+        lines += [
+            f"**{len(report.failed_images)} image(s) could not be predicted** and count as "
+            f"predicting nothing: {shown}" + (f" and {more} more." if more > 0 else "."),
+            "",
+        ]
+    lines += [
         "| mAP | mAP50 | mAP75 | small | medium | large | AR@1 | AR@10 | AR@100 |",
         "|---|---|---|---|---|---|---|---|---|",
         "| "
