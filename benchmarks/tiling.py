@@ -542,7 +542,7 @@ def run_many(quick: bool, threads: int, conf: float) -> dict:
 # ----------------------------------------------------------------------------- merge
 MERGE_TILES_PER_SIDE = 20
 MERGE_WINDOW = 512
-MERGE_REPEATS = 5
+MERGE_REPEATS = 15
 
 
 def best_of(repeats: int, fn) -> tuple[float, Any]:

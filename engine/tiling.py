@@ -237,9 +237,34 @@ def _matches_grown(
 
 
 # ---------------------------------------------------------------------------------- merges
-def _score_order(xyxy: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Indices by score descending, ties by x1, y1, x2, y2 ascending (SAHI's order)."""
-    return np.lexsort((xyxy[:, 3], xyxy[:, 2], xyxy[:, 1], xyxy[:, 0], -scores))
+def _ascending_key(values: np.ndarray) -> np.ndarray:
+    """uint32 keys (as uint64) that sort as float32 ``values`` sort (equal values, equal keys).
+
+    A float32's bits, read as an unsigned int with the sign bit flipped (all bits for a
+    negative number), sort as the floats do.
+    """
+    bits = (np.asarray(values, np.float32) + np.float32(0)).view(np.uint32)  # -0.0 -> 0.0
+    return np.where(bits >> 31, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+
+
+def _descending_key(scores: np.ndarray) -> np.ndarray:
+    """uint32 keys (as uint64) that sort ascending as ``scores`` sort descending."""
+    return np.uint64(0xFFFFFFFF) - _ascending_key(scores)
+
+
+def _score_order(xyxy: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None) -> np.ndarray:
+    """Indices by score descending, ties by x1, y1, x2, y2 ascending (SAHI's order).
+
+    With ``cut``, every uncut box comes before every cut one. Equal to ``np.lexsort`` over
+    those keys, with the six keys packed into three 64-bit ones (three times faster).
+    """
+    high32 = np.uint64(32)
+    first = _descending_key(scores)
+    if cut is not None:
+        first |= np.asarray(cut, np.uint64) << high32
+    top_left = (_ascending_key(xyxy[:, 0]) << high32) | _ascending_key(xyxy[:, 1])
+    bottom_right = (_ascending_key(xyxy[:, 2]) << high32) | _ascending_key(xyxy[:, 3])
+    return np.lexsort((bottom_right, top_left, first))
 
 
 def _nms(xyxy: np.ndarray, scores: np.ndarray, metric: str, threshold: float) -> list[int]:
@@ -509,18 +534,18 @@ def _candidate_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i, j), each once, of one group whose boxes share an area (all with ``everything``).
 
-    Boxes are hashed into a grid of square cells (about twice the median box side, grown
-    until no more than ~8 cells a box on average); two boxes pair in the cell that holds
-    the top-left corner of their intersection, so each pair is found once. Cost grows with
-    the pairs, not with N squared.
+    Boxes are hashed into a grid of square cells (about three times the median side, grown
+    until no more than ~8 cells a box on average) and bucketed by (group, cell); two boxes
+    pair in the cell that holds the top-left corner of their intersection, so each pair is
+    found once. Cost grows with the pairs, not with N squared.
     """
     n = len(xyxy)
     if everything:
         i, j = np.triu_indices(n, 1)
     else:
-        sides = np.maximum(xyxy[:, 2:] - xyxy[:, :2], 0)
-        cell = max(2.0 * float(np.median(sides.max(1))), 1.0)
-        origin = xyxy[:, :2].min(0)
+        longest = np.maximum(xyxy[:, 2] - xyxy[:, 0], xyxy[:, 3] - xyxy[:, 1])
+        cell = max(3.0 * float(np.partition(longest, n // 2)[n // 2]), 1.0)  # ~ the median
+        origin = np.array([xyxy[:, 0].min(), xyxy[:, 1].min()], xyxy.dtype)
         while True:
             lo = np.floor((xyxy[:, :2] - origin) / cell).astype(np.int64)
             hi = np.maximum(np.ceil((xyxy[:, 2:] - origin) / cell).astype(np.int64) - 1, lo)
@@ -529,20 +554,34 @@ def _candidate_pairs(
             if per_box.sum() <= 8 * n + 64:
                 break
             cell *= 2.0
+        # every (box, cell it covers), bucketed by (group, cell)
+        columns = int(hi[:, 0].max()) + 1
+        cells = columns * (int(hi[:, 1].max()) + 1)
+        group_rank = np.asarray(groups, np.int64) - int(groups.min())
+        if int(group_rank.max()) >= n:  # sparse ids: number them densely
+            group_rank = np.unique(groups, return_inverse=True)[1].reshape(-1)
         box, k = _ranges(per_box)
-        cx, cy = lo[box, 0] + k % span[box, 0], lo[box, 1] + k // span[box, 0]
-        key = cy * (int(hi[:, 0].max()) + 1) + cx
+        key = group_rank[box] * cells + (lo[box, 1] + k // span[box, 0]) * columns
+        key += lo[box, 0] + k % span[box, 0]
+        if int(key.max()) < 1 << 16:
+            key = key.astype(np.uint16)  # a radix sort
         by_key = np.argsort(key, kind="stable")
         box, key = box[by_key], key[by_key]
-        end = np.searchsorted(key, key, side="right")
+        # each pair of boxes in one bucket, kept in the cell of their intersection's corner
+        starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+        run = np.diff(np.append(starts, len(key)))
+        end = np.repeat(starts + run, run)
         first, step = _ranges(end - np.arange(len(key)) - 1)
         i, j = box[first], box[first + 1 + step]
-        cell_key = key[first]
-        corner = np.maximum(xyxy[i, :2], xyxy[j, :2])
-        meets = (np.minimum(xyxy[i, 2:], xyxy[j, 2:]) > corner).all(1)
-        at = np.floor((corner - origin) / cell).astype(np.int64)
-        meets &= at[:, 1] * (int(hi[:, 0].max()) + 1) + at[:, 0] == cell_key
-        i, j = i[meets], j[meets]
+        x1, y1, x2, y2 = (np.ascontiguousarray(xyxy[:, c]) for c in range(4))
+        corner_x, corner_y = np.maximum(x1[i], x1[j]), np.maximum(y1[i], y1[j])
+        meets = (np.minimum(x2[i], x2[j]) > corner_x) & (np.minimum(y2[i], y2[j]) > corner_y)
+        meets = np.flatnonzero(meets)
+        at_x = np.floor((corner_x[meets] - origin[0]) / cell).astype(np.int64)
+        at_y = np.floor((corner_y[meets] - origin[1]) / cell).astype(np.int64)
+        at = group_rank[i[meets]] * cells + at_y * columns + at_x
+        meets = meets[at == key[first[meets]]]
+        return i[meets], j[meets]
     same = groups[i] == groups[j]
     return i[same], j[same]
 
@@ -594,11 +633,17 @@ def _stitch(
     n = len(xyxy)
     i, j = pairs
     # 1) two views of one object: different tiles, one cut, the same shared part
-    sel = (cut[i] | cut[j]) & np.any(windows[i] != windows[j], axis=1)
+    sel = np.flatnonzero(cut[i] | cut[j])
     i, j = i[sel], j[sel]
-    part_i, part_j = _clip(xyxy[i], windows[j]), _clip(xyxy[j], windows[i])
-    sides = np.concatenate([part_i[:, 2:] - part_i[:, :2], part_j[:, 2:] - part_j[:, :2]], 1)
-    linked = (sides > 0).all(1) & (np.abs(part_i - part_j).max(1) <= tolerance)
+    win_i, win_j = windows[i], windows[j]
+    box_i, box_j = xyxy[i], xyxy[j]
+    part_i, part_j = _clip(box_i, win_j), _clip(box_j, win_i)
+    linked = (
+        (win_i != win_j).any(1)
+        & (part_i[:, 2:] > part_i[:, :2]).all(1)
+        & (part_j[:, 2:] > part_j[:, :2]).all(1)
+        & (np.abs(part_i - part_j).max(1) <= tolerance)
+    )
     i, j = i[linked], j[linked]
     if len(i) == 0:
         return _Stitched(np.arange(n), xyxy, scores, cut, {})
@@ -610,7 +655,7 @@ def _stitch(
     keep = alone | ~cut
     # 3) objects seen whole nowhere: the union of their pieces, on the best piece's row
     if pieced.any():
-        rank = np.lexsort((xyxy[:, 3], xyxy[:, 2], xyxy[:, 1], xyxy[:, 0], -scores))
+        rank = _score_order(xyxy, scores)
         rank = rank[pieced[rank]]
         _, first = np.unique(label[rank], return_index=True)
         keep[rank[first]] = True
@@ -634,13 +679,27 @@ def _stitch(
 
 
 def _components(n: int, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of the undirected pairs (i, j): each node's label, each size."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    """Connected components of the undirected pairs (i, j): each node's label, each size.
 
-    graph = coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
-    _, label = connected_components(graph, directed=False)
-    return label, np.bincount(label)
+    A label is the smallest node of its component (labels lie in [0, n); ``size`` has n
+    entries, 0 for labels nobody has). Roots are hooked onto the smaller root across each
+    edge and paths halved until every edge lies inside one component: a few vectorised
+    rounds, cheaper than a sparse-graph library for the short chains tiles make.
+    """
+    parent = np.arange(n)
+    while True:
+        while True:
+            grand = parent[parent]
+            if (grand == parent).all():
+                break
+            parent = grand
+        root_i, root_j = parent[i], parent[j]
+        apart = root_i != root_j
+        if not apart.any():
+            break
+        root_i, root_j = root_i[apart], root_j[apart]
+        np.minimum.at(parent, np.maximum(root_i, root_j), np.minimum(root_i, root_j))
+    return parent, np.bincount(parent, minlength=n)
 
 
 def _stitched_pairs(
@@ -738,7 +797,7 @@ def _merge_whole_first(
         st = _stitch(xyxy, scores, cut, windows, pairs, tolerance)
     # 2) the method, visiting whole boxes first, then by score, then by box
     box = st.xyxy
-    order = np.lexsort((box[:, 3], box[:, 2], box[:, 1], box[:, 0], -st.scores, st.cut))
+    order = _score_order(box, st.scores, st.cut)
     if threshold <= 0:
         i, j = _candidate_pairs(box, classes[st.rep], everything=True)
     elif len(st.rep) < n:
@@ -771,7 +830,10 @@ def _merge_whole_first(
     keepers = np.flatnonzero(keeper_of == rows)
     pos = np.empty(len(order), np.int64)
     pos[order] = np.arange(len(order))
-    keepers = keepers[np.lexsort((pos[keepers], -out_scores[keepers]))]
+    by_score = (_descending_key(out_scores[keepers]) << np.uint64(32)) | pos[keepers].astype(
+        np.uint64
+    )
+    keepers = keepers[np.argsort(by_score)]
     out = detections[st.rep[keepers]]
     masks = None
     if detections.masks_rle is not None:
