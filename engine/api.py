@@ -66,6 +66,7 @@ class ModelAPI:
         spec: dict[str, Any] | None = None,
     ) -> None:
         self._workers = workers
+        self._closed = False
         self._adapter = adapter
         self._layout = layout
         self._spec = spec or {}
@@ -94,6 +95,7 @@ class ModelAPI:
             >>> model.resources()[0]["process"]["peak_rss"]   # doctest: +SKIP
             412876800
         """
+        self._require_open("resources")
         return ray.get([worker.resources.remote() for worker in self._workers])
 
     def settings(self, **options: Any) -> PredictSettings:
@@ -158,6 +160,7 @@ class ModelAPI:
             >>> preds[0].boxes, preds[0].classes  # doctest: +SKIP
         """
         # 1) settings and outputs, once, at the boundary; 2) input -> items
+        self._require_open("predict")
         if not isinstance(stream, bool):
             raise ValueError(f"stream must be True or False, got {stream!r}")
         platform = plugins.pop_platform_inputs(options)
@@ -207,6 +210,7 @@ class ModelAPI:
             >>> model.resume("nightly").outputs["job"]["done_now"]  # doctest: +SKIP
             17
         """
+        self._require_open("resume")
         record = jobs.JobRecord.load(job_id, journal_dir)
         _check_resumable(record)
         # 1) the same model and settings as the job's
@@ -321,6 +325,7 @@ class ModelAPI:
         """Detect objects in videos with this model and track them (see `engine.track`)."""
         from engine.tracking.actors import track_videos
 
+        self._require_open("track")
         platform = plugins.pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
         job = self._resolve(input, settings, platform)
@@ -529,10 +534,23 @@ class ModelAPI:
         }
 
     def close(self) -> None:
-        """Stop the model workers and free what they hold."""
+        """Stop the model workers and free what they hold; the model predicts no more."""
         for worker in self._workers:
             ray.kill(worker)
         self._workers = []
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        """True once `close` has stopped the model workers."""
+        return self._closed
+
+    def _require_open(self, call: str) -> None:
+        if self.closed:
+            raise RuntimeError(
+                f"{call}(): the model {self.info.name!r} is closed (model.close() stopped "
+                "its workers); deploy it again with engine.deploy(...)"
+            )
 
     def __enter__(self) -> ModelAPI:
         return self
