@@ -8,7 +8,7 @@ import tempfile
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# `make test` runs three pytest workers (pytest-xdist), each with its own local Ray: random ports
+# `make test` runs two pytest workers (pytest-xdist), each with its own local Ray: random ports
 # keep their GCS, raylets and object managers from colliding on Ray's fixed defaults
 os.environ.setdefault("RAY_USE_RANDOM_PORTS", "1")
 # every job record and upload journal of the suite (and of the Ray workers and subprocesses
