@@ -639,7 +639,9 @@ def carried_over(figures: dict[str, Any], parts: list[str]) -> None:
     old = json.loads(previous.read_text())
     for key in parts:
         if key not in figures and key in old:
-            figures[key] = {**old[key], "carried_over_from": old.get("measured_at")}
+            # a part carried over before keeps the date it was measured at
+            since = old[key].get("carried_over_from", old.get("measured_at"))
+            figures[key] = {**old[key], "carried_over_from": since}
 
 
 # ----------------------------------------------------------------------------- main
