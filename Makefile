@@ -1,4 +1,6 @@
 # `make demo` and `make test` each build .venv when it is missing, then do their whole job.
+# --no-compile: Python compiles only the modules that are imported, when they first are
+# (a minute less than pip compiling every file of torch, ray and the platform clients).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,8 +10,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt tests/plugins/acme/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps -e tests/plugins/acme
+	$(PY) -m pip install --quiet --no-compile -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet --no-compile --no-deps -e tests/plugins/acme
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -18,7 +20,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[bench]'

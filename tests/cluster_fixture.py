@@ -174,24 +174,7 @@ class LocalCluster:
         """
         deadline = time.monotonic() + timeout
         self.root.mkdir(parents=True, exist_ok=True)
-        head = self._launch(
-            "head",
-            [
-                "--head",
-                "--port",
-                str(self.port),
-                "--include-dashboard",
-                "false",
-                "--dashboard-port",
-                str(free_port()),
-                "--temp-dir",
-                str(self.root / "ray"),
-                "--ray-client-server-port",
-                str(free_port()),
-            ],
-        )
-        self._wait_for_port(head, deadline)
-        self.wait_for_nodes(1, deadline)
+        self._start_head(deadline)
         for _ in range(self.worker_nodes):  # one at a time: a crowded GCS times them out
             self._add_worker(deadline)
 
@@ -310,6 +293,41 @@ class LocalCluster:
         return path
 
     # ------------------------------------------------------------------ internals
+    def _start_head(self, deadline: float, attempts: int = START_ATTEMPTS) -> RayNode:
+        """Start the head and wait until it is alive, ``attempts`` times on fresh ports.
+
+        Like a worker node's raylet, the head's has a fixed 30 s to register with its GCS;
+        when the suite's other workers start their own Ray at the same moment, it can miss it.
+        """
+        for attempt in range(1, attempts + 1):
+            head = self._launch(
+                "head",
+                [
+                    "--head",
+                    "--port",
+                    str(self.port),
+                    "--include-dashboard",
+                    "false",
+                    "--dashboard-port",
+                    str(free_port()),
+                    "--temp-dir",
+                    str(self.root / "ray"),
+                    "--ray-client-server-port",
+                    str(free_port()),
+                ],
+            )
+            try:
+                self._wait_for_port(head, deadline)
+                self.wait_for_nodes(1, deadline)
+                return head
+            except ClusterError:
+                if head.process.poll() is None or attempt == attempts:
+                    raise
+                _stop_process_group(head.process)
+                self.nodes.remove(head)
+                self.port = free_port()
+        raise ClusterError("unreachable")
+
     def _add_worker(self, deadline: float, attempts: int = START_ATTEMPTS) -> RayNode:
         """Start one worker node and wait until it is alive.
 

@@ -8,7 +8,7 @@ import tempfile
 import pytest
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# `make test` runs two pytest workers (pytest-xdist), each with its own local Ray: random ports
+# `make test` runs several pytest workers (pytest-xdist), each with its own local Ray: random ports
 # keep their GCS, raylets and object managers from colliding on Ray's fixed defaults
 os.environ.setdefault("RAY_USE_RANDOM_PORTS", "1")
 # every job record and upload journal of the suite (and of the Ray workers and subprocesses
@@ -26,6 +26,29 @@ def pytest_sessionstart(session):
             "or `.venv/bin/python -m pip install --no-deps -e tests/plugins/acme`",
             returncode=pytest.ExitCode.USAGE_ERROR,
         )
+
+
+#: The test files that take longest (most of their time is spent waiting on Ray start-ups,
+#: subprocesses and timeouts), slowest first: ``make test`` hands files to its workers in
+#: collection order (``--dist loadfile --no-loadscope-reorder``), so starting these first
+#: keeps one long file from running alone at the end.
+SLOWEST_FILES = (
+    "test_cluster.py",
+    "test_session.py",
+    "test_resume.py",
+    "test_picsellia_monitor.py",
+    "test_serve.py",
+    "test_video_predict.py",
+    "test_encord.py",
+    "test_labelbox.py",
+    "test_deploy.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Order the collected tests so that the slowest files come first (see SLOWEST_FILES)."""
+    rank = {name: position for position, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")

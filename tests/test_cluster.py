@@ -177,13 +177,13 @@ def test_model_workers_spread_over_the_nodes(three_node_run):
 
 # ---------------------------------------------------------------------- the driver's memory
 def test_the_driver_holds_references_not_pixels(ray_cluster, tmp_path):  # noqa: F811
-    # 300 images of 640x480: 276 MB of decoded pixels, none of which may reach the driver
-    height, width, count = 480, 640, 300
+    # 144 images of 640x480: 133 MB of decoded pixels, none of which may reach the driver
+    height, width, count = 480, 640, 144
     rng = np.random.default_rng(9)
     folder = tmp_path / "images"
     folder.mkdir()
     truth = {}
-    for i in range(12):  # 12 distinct scenes, 25 copies each: cheap to write, same pixels
+    for i in range(12):  # 12 distinct scenes, 12 copies each: cheap to write, same pixels
         boxes = random_boxes(rng, height, width, 4, min_side=20, max_side=60)
         buffer = io.BytesIO()
         Image.fromarray(draw_scene(height, width, boxes)).save(buffer, format="PNG")

@@ -181,16 +181,15 @@ def test_stop_halfway_keeps_buffered_predictions_and_frees_every_actor(slow_mode
     assert wait_until(lambda: not session_actors_alive(session.id)), "actors left alive"
 
 
-def test_slow_consumer_stalls_production_at_the_buffer_bound(ray_session):
-    with engine.deploy("reference/color-boxes") as model:
-        images = [np.zeros((16, 16, 3), np.uint8)] * 120
-        with model.predict_detached(images, batch_size=1, max_buffered_blocks=2) as session:
-            assert wait_until(lambda: session.progress()["done"] >= 2, 60)
-            time.sleep(3)  # nobody reads: production must wait for the consumer
-            stalled = session.progress()["done"]
-            assert stalled == 2
-            assert session.status()["resources"]["object_store"]["used"] > 0
-            assert len(list(session)) == 120
+def test_slow_consumer_stalls_production_at_the_buffer_bound(reference_model):
+    images = [np.zeros((16, 16, 3), np.uint8)] * 40
+    with reference_model.predict_detached(images, batch_size=1, max_buffered_blocks=2) as session:
+        assert wait_until(lambda: session.progress()["done"] >= 2, 60)
+        time.sleep(3)  # nobody reads: production must wait for the consumer
+        stalled = session.progress()["done"]
+        assert stalled == 2
+        assert session.status()["resources"]["object_store"]["used"] > 0
+        assert len(list(session)) == 40
 
 
 def test_a_second_process_attaches_and_receives_the_rest_none_twice(slow_model, tmp_path):
