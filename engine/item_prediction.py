@@ -26,8 +26,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,13 +51,14 @@ class DecodedItem:
 
     Attributes:
         item: The input item.
-        image: HWC RGB uint8 pixels, or a `BandSource` the model reads in bands; None
-            when decoding failed.
+        image: HWC RGB uint8 pixels, a `BandSource` the model reads in bands, or another
+            stand-in the model's side reads (with the image's ``shape``); None when
+            decoding failed.
         error: Why the item could not be decoded, else None.
     """
 
     item: Item
-    image: np.ndarray | BandSource | None = None
+    image: np.ndarray | BandSource | Any | None = None
     error: str | None = None
 
     @property
@@ -73,6 +75,7 @@ def decode_items(
     settings: PredictSettings,
     fetch: Callable[[str], bytes] | None = None,
     in_bands: bool = False,
+    ready: Mapping[int, Any] | None = None,
 ) -> list[DecodedItem]:
     """Decode every item for the model; a failure stays with its item.
 
@@ -83,12 +86,17 @@ def decode_items(
         in_bands: With a sliding window, pass a large local file as a `BandSource`, which
             the model reads band by band, instead of decoding it here (the model's
             process must see the same files).
+        ready: Item index -> an image held elsewhere, handed on as it is, not decoded
+            (e.g. an `engine.stored_images.StoredImage`, which its worker reads).
 
     Returns:
         One DecodedItem per item, in order.
     """
     decoded = []
     for item in items:
+        if ready and item.index in ready:
+            decoded.append(DecodedItem(item, ready[item.index]))
+            continue
         try:
             image = (in_bands and _band_source(item, settings)) or decode_item(
                 item, settings.general.max_pixels, settings.general.url_timeout, fetch

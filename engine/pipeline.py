@@ -1,7 +1,9 @@
 """The Ray Data plan that turns items into prediction rows.
 
 items (one Arrow row each, one block per model batch)
--> Ray tasks: decode each item (file, URL, in-memory pixels); an item that cannot
+-> Ray tasks: decode each item (file, URL, in-memory pixels); a large in-memory image is
+not carried in its block but put in the object store once, where its model worker reads
+it (`engine.stored_images`); an item that cannot
 be decoded becomes a row carrying its error; a large file to be predicted in tiles is
 not decoded here but passed on as a `BandSource`, which the worker reads band by band
 -> a video segment (a keyframe-aligned run of selected frames) is decoded by one task,
@@ -26,6 +28,7 @@ from engine.settings import PredictSettings
 from engine.sources.items import Item, items_from_table, items_table
 from engine.sources.video import DecodedFrame, decode_segment
 from engine.sources.video_items import segment_of
+from engine.stored_images import StoredImage, store_large_images
 
 #: CPU share reserved for each decode task; the blocking wait on a model worker is free.
 DECODE_TASK_CPUS = 0.5
@@ -54,6 +57,7 @@ def plan_predictions(
     """
     # 1) one block per model batch of images, and one per video segment, so a task decodes
     #    exactly what it hands on; an explicit schema keeps every block's types the same
+    items, stored = store_large_images(items, settings.general.max_pixels)
     table = items_table(items)
     blocks = [table.slice(start, stop - start) for start, stop in _block_bounds(items, settings)]
     dataset = ray.data.from_arrow(blocks or [table])
@@ -67,6 +71,7 @@ def plan_predictions(
             "settings": settings,
             "videos": videos or {},
             "fetch": fetch,
+            "stored": stored,
         },
         num_cpus=DECODE_TASK_CPUS,
     )
@@ -96,8 +101,12 @@ def predict_batch(
     settings: PredictSettings,
     videos: dict[str, Any] | None = None,
     fetch: Any = None,
+    stored: dict[int, StoredImage] | None = None,
 ) -> pa.Table:
-    """Decode one batch of items and predict it on a model worker (a Ray Data UDF)."""
+    """Decode one batch of items and predict it on a model worker (a Ray Data UDF).
+
+    The images in ``stored`` (by item index) are not decoded here: the worker reads them.
+    """
     items = items_from_table(batch)
     if len(items) == 1 and items[0].frames is not None:
         return predict_segment(items[0], workers, settings, (videos or {}).get(items[0].path))
@@ -105,7 +114,7 @@ def predict_batch(
     #    batches over the workers; 3) exactly one row per item
     worker = workers[(items[0].index // settings.general.batch_size) % len(workers)]
     predictions = predict_decoded(
-        decode_items(items, settings, fetch, in_bands=True),
+        decode_items(items, settings, fetch, in_bands=True, ready=stored),
         lambda images: ray.get(worker.predict.remote(images, settings)),
     )
     return pa.Table.from_pylist([p.to_row() for p in predictions], schema=PREDICTION_SCHEMA)

@@ -19,6 +19,7 @@ from engine.inference import ImageResult, predict_images
 from engine.models.base import ModelAdapter
 from engine.settings import ModelInfo, PredictSettings
 from engine.sources.bands import BandSource
+from engine.stored_images import StoredImage, fetch_stored
 
 
 class ModelWorker:
@@ -49,13 +50,16 @@ class ModelWorker:
         return {**ModelInfo.of(self.adapter).to_json(), "device": self.device, "pid": os.getpid()}
 
     def predict(
-        self, images: list[np.ndarray | BandSource], settings: PredictSettings
+        self, images: list[np.ndarray | BandSource | StoredImage], settings: PredictSettings
     ) -> list[ImageResult]:
-        """Predict a batch of decoded images, or large files to read in bands when tiling.
+        """Predict a batch of images: decoded, read in bands, or read from the object store.
+
+        Large files are read in bands when tiling; large in-memory images are read where
+        they lie in the object store, not copied.
 
         See `engine.inference.predict_images`.
         """
-        return predict_images(self.adapter, images, settings)
+        return predict_images(self.adapter, fetch_stored(images), settings)
 
     def resources(self) -> dict[str, Any]:
         """This worker's memory: its process RSS (now and peak), and GPU memory on a GPU."""
