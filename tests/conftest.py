@@ -28,29 +28,6 @@ def pytest_sessionstart(session):
         )
 
 
-#: The test files that take longest (most of their time is spent waiting on Ray start-ups,
-#: subprocesses and timeouts), slowest first: ``make test`` hands files to its workers in
-#: collection order (``--dist loadfile --no-loadscope-reorder``), so starting these first
-#: keeps one long file from running alone at the end.
-SLOWEST_FILES = (
-    "test_cluster.py",
-    "test_session.py",
-    "test_resume.py",
-    "test_picsellia_monitor.py",
-    "test_serve.py",
-    "test_video_predict.py",
-    "test_encord.py",
-    "test_labelbox.py",
-    "test_deploy.py",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Order the collected tests so that the slowest files come first (see SLOWEST_FILES)."""
-    rank = {name: position for position, name in enumerate(SLOWEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance sized for this 2-core machine, shared by every test."""
