@@ -323,9 +323,11 @@ class ModelAPI:
         **options: Any,
     ) -> list[VideoAnnotation]:
         """Detect objects in videos with this model and track them (see `engine.track`)."""
+        from engine.tracking import check_tracker
         from engine.tracking.actors import track_videos
 
         self._require_open("track")
+        check_tracker(tracker, reid_weights, tracker_options)  # before any frame is predicted
         platform = plugins.pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
         job = self._resolve(input, settings, platform)
@@ -437,6 +439,7 @@ class ModelAPI:
             >>> session = model.predict_detached("folder/", recursive=True)  # doctest: +SKIP
             >>> first = session.next(timeout=60)  # doctest: +SKIP
         """
+        self._require_open("predict_detached")
         if (
             isinstance(max_buffered_blocks, bool)
             or not isinstance(max_buffered_blocks, int)
@@ -853,7 +856,8 @@ def track(
 
     Args:
         input: A video file, a directory of videos, or a list of video files.
-        detector: A deployed model (`engine.deploy`).
+        detector: A deployed model (`engine.deploy`), or what `engine.deploy` takes (a
+            zoo name, a checkpoint), deployed for this call and closed after it.
         tracker: "bytetrack" (default), "ocsort", "botsort" (or another name of
             `engine.tracking.TRACKERS`), or a boxmot tracker instance, copied for each video.
             Trackers that need no ReID weights are the default; a ReID tracker takes a local
@@ -878,6 +882,14 @@ def track(
     """
     if detector is None:
         raise ValueError("track() needs detector=: a model from engine.deploy(...)")
+    if isinstance(detector, (str, os.PathLike)):  # a zoo name or a checkpoint: deployed here
+        with deploy(detector) as model:
+            return track(input, model, tracker, reid_weights, tracker_options, **options)
+    if not isinstance(detector, ModelAPI):
+        raise TypeError(
+            "track(): detector must be a model from engine.deploy(...) or a model name "
+            f"such as 'reference/color-boxes', got {type(detector).__name__}"
+        )
     annotations = detector.track(
         input,
         tracker=tracker,

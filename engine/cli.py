@@ -18,7 +18,7 @@ from typing import Any
 
 from engine import plugins
 from engine.outputs import DEFAULT_EXPORT_FORMAT, UPLOAD_MODES
-from engine.settings import SETTINGS
+from engine.settings import SETTINGS, check_settings
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -204,12 +204,17 @@ def _predict(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"predict needs {' and '.join(missing)} (unless it is --resume JOB)")
     options = _predict_options(args)
+    platform_inputs = {k: getattr(args, k) for k in _platform_flags() if getattr(args, k)}
+    check_settings(options)  # what the arguments alone tell, before Ray or a model starts
+    if not args.inputs and not platform_inputs:
+        raise ValueError(
+            "nothing to predict: give INPUTS (paths, folders, URLs) or a platform's ids "
+            f"({', '.join('--' + k.replace('_', '-') for k in _platform_flags())})"
+        )
     started = time.perf_counter()
     model = _deploy(args, options)
     inputs = (args.inputs if len(args.inputs) > 1 else args.inputs[0]) if args.inputs else None
-    for keyword in _platform_flags():
-        if getattr(args, keyword):
-            options[keyword] = getattr(args, keyword)
+    options.update(platform_inputs)
     outputs = {"out": args.out, "format": args.format}
     if args.upload or args.to:
         outputs.update(
@@ -328,9 +333,11 @@ def key_values(pairs: Sequence[str], option: str = "--upload-option") -> dict[st
 
 
 def _track(args: argparse.Namespace) -> int:
-    from engine.tracking import write_tracked_video
+    from engine.tracking import check_tracker, write_tracked_video
 
     options = _predict_options(args)
+    check_settings(options)  # what the arguments alone tell, before Ray or a model starts
+    check_tracker(args.tracker, args.reid_weights)
     started = time.perf_counter()
     model = _deploy(args, options)
     annotations = model.track(

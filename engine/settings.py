@@ -524,21 +524,11 @@ def validate_settings(options: dict[str, Any], model: ModelInfo) -> PredictSetti
         >>> validate_settings({"classes": ["dog"], "img_size": 320}, info).general.class_idxs
         (1,)
     """
-    unknown = sorted(set(options) - set(_SPECS))
-    if unknown:
-        inputs = ", ".join(sorted(plugins.input_keywords())) or "none installed"
-        raise TypeError(
-            f"predict() got unknown option(s) {', '.join(unknown)}; "
-            f"valid options are: {', '.join(_SPECS)}; platform inputs: {inputs}"
-        )
-    # 1) each value on its own; 2) the values that depend on each other or on the model
-    values = {
-        spec.attribute: spec.check(spec.name, options.get(spec.name, spec.default))
-        for spec in SETTINGS
-    }
+    # 1) each value on its own, and the frame options together; 2) those that depend on
+    #    the model
+    values = _values_on_their_own(options)
     if values["class_idxs"] is not None:
         values["class_idxs"] = _class_indices(values["class_idxs"], model.classes)
-    validate_frame_options(**{f.name: values[f.name] for f in fields(VideoSettings)})
     values["window_size"] = values["window_size"] or tuple(model.input_size)
     if values["sliding_window"]:
         _check_overlap_fits(values["overlap"], values["window_size"])
@@ -553,6 +543,43 @@ def validate_settings(options: dict[str, Any], model: ModelInfo) -> PredictSetti
         for group, settings_type in _GROUPS.items()
     }
     return PredictSettings(**groups)
+
+
+def check_settings(options: dict[str, Any]) -> None:
+    """Refuse, without the model, what `validate_settings` would refuse of ``options``.
+
+    Unknown keywords, values of the wrong type or range, and video frame options that
+    contradict each other are refused here; class names (the model's) are checked by
+    `validate_settings`. The CLI calls this before it starts Ray or loads a model.
+
+    Raises:
+        TypeError: An unknown keyword.
+        ValueError: A value wrong on its own.
+
+    Example:
+        >>> check_settings({"conf": 0.3, "merge": "nms"})
+        >>> check_settings({"conf": 2})
+        Traceback (most recent call last):
+        ...
+        ValueError: conf must be between 0.0 and 1.0, got 2
+    """
+    _values_on_their_own(options)
+
+
+def _values_on_their_own(options: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(_SPECS))
+    if unknown:
+        inputs = ", ".join(sorted(plugins.input_keywords())) or "none installed"
+        raise TypeError(
+            f"predict() got unknown option(s) {', '.join(unknown)}; "
+            f"valid options are: {', '.join(_SPECS)}; platform inputs: {inputs}"
+        )
+    values = {
+        spec.attribute: spec.check(spec.name, options.get(spec.name, spec.default))
+        for spec in SETTINGS
+    }
+    validate_frame_options(**{f.name: values[f.name] for f in fields(VideoSettings)})
+    return values
 
 
 def _check_overlap_fits(overlap: float | int, window: tuple[int, int]) -> None:

@@ -19,6 +19,7 @@ def test_every_call_on_a_closed_model_says_it_is_closed(ray_session):
     for call, run in (
         ("predict", lambda: model.predict(image, progress=False)),
         ("predict", lambda: model.predict([image], stream=True, progress=False)),
+        ("predict_detached", lambda: model.predict_detached([image])),
         ("track", lambda: model.track("clip.mp4")),
         ("resume", lambda: model.resume("no-such-job")),
         ("resources", model.resources),

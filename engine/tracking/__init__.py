@@ -26,13 +26,20 @@ Example:
 
 from __future__ import annotations
 
-from engine.tracking.adapter import TRACKERS, from_boxmot, make_tracker, to_boxmot
+from engine.tracking.adapter import (
+    TRACKERS,
+    check_tracker,
+    from_boxmot,
+    make_tracker,
+    to_boxmot,
+)
 from engine.tracking.annotation import VideoAnnotation
 from engine.tracking.loop import track_predictions
 from engine.tracking.rendering import draw_tracks, write_tracked_video
 
 __all__ = [
     "TRACKERS",
+    "check_tracker",
     "VideoAnnotation",
     "draw_tracks",
     "from_boxmot",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ import numpy as np
 from engine.detections import Detections
 from engine.prediction import Prediction
 
-__all__ = ["TRACKERS", "from_boxmot", "make_tracker", "to_boxmot"]
+__all__ = ["TRACKERS", "check_tracker", "from_boxmot", "make_tracker", "to_boxmot"]
 
 #: Tracker names `make_tracker` accepts and the boxmot class each stands for.
 TRACKERS: dict[str, str] = {
@@ -135,6 +136,59 @@ def from_boxmot(tracks: np.ndarray, prediction: Prediction) -> Prediction:
     return dataclasses.replace(prediction, detections=kept)
 
 
+def check_tracker(
+    tracker: str | object,
+    reid_weights: str | Path | None = None,
+    tracker_options: Any = None,
+) -> None:
+    """Refuse what `make_tracker` would refuse that needs no tracker built (nor boxmot).
+
+    A job checks its tracker with this before it starts, so that a bad name, a missing
+    weights file or options that are not a mapping fail at once, not in a tracker actor
+    after the detector has run.
+
+    Raises:
+        ValueError: An unknown tracker name, or ``tracker_options`` not a mapping.
+        TypeError: A tracker that is neither a name nor has ``update(dets, frame)``.
+        FileNotFoundError: ``reid_weights`` is not an existing file.
+
+    Example:
+        >>> check_tracker("ByteTrack")
+        >>> check_tracker("nosuch")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown tracker 'nosuch'; valid names: bytetrack, ocsort, botsort, \
+boosttrack, deepocsort, hybridsort, occluboost, sfsort, strongsort
+    """
+    if tracker_options is not None and not isinstance(tracker_options, Mapping):
+        raise ValueError(
+            f"tracker_options must be a dict of tracker arguments, got {tracker_options!r}"
+        )
+    if not isinstance(tracker, str):
+        if not callable(getattr(tracker, "update", None)):
+            raise TypeError(
+                f"tracker must be a name or an object with update(dets, frame), got {tracker!r}"
+            )
+        return
+    _tracker_name(tracker)
+    if reid_weights is not None and not Path(reid_weights).expanduser().is_file():
+        raise FileNotFoundError(_missing_weights(reid_weights))
+
+
+def _tracker_name(tracker: str) -> str:
+    name = tracker.strip().lower().replace("-", "").replace("_", "")
+    if name not in TRACKERS:
+        raise ValueError(f"unknown tracker {tracker!r}; valid names: {', '.join(TRACKERS)}")
+    return name
+
+
+def _missing_weights(reid_weights: str | Path) -> str:
+    return (
+        f"ReID weights {str(reid_weights)!r} not found: pass the path of a local "
+        "weights file (Tessera never downloads them)"
+    )
+
+
 def make_tracker(
     tracker: str | object,
     reid_weights: str | Path | None = None,
@@ -182,9 +236,7 @@ def make_tracker(
         if reid_weights is not None or kwargs:
             raise ValueError("reid_weights and tracker arguments only apply to a tracker name")
         return tracker
-    name = tracker.strip().lower().replace("-", "").replace("_", "")
-    if name not in TRACKERS:
-        raise ValueError(f"unknown tracker {tracker!r}; valid names: {', '.join(TRACKERS)}")
+    name = _tracker_name(tracker)
 
     import boxmot
 
@@ -212,10 +264,7 @@ def make_tracker(
             raise ValueError("reid_weights given together with use_embeddings=False")
         weights = Path(reid_weights).expanduser()
         if not weights.is_file():
-            raise FileNotFoundError(
-                f"ReID weights {str(reid_weights)!r} not found: pass the path of a local "
-                "weights file (Tessera never downloads them)"
-            )
+            raise FileNotFoundError(_missing_weights(reid_weights))
         kwargs.update(reid_weights=weights, device=device)
         if "use_embeddings" in params:
             kwargs["use_embeddings"] = True

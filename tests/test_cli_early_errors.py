@@ -1,0 +1,40 @@
+"""The CLI refuses what its arguments alone tell is wrong before it starts Ray or a model
+(issue 17: `--merge wbf`, no inputs, a bad `--tracker`... failed only after 10-20 s of
+start-up, or after detection had run over the whole video)."""
+
+from __future__ import annotations
+
+import pytest
+
+import engine
+from engine.cli import main
+
+
+@pytest.fixture
+def nothing_may_start(monkeypatch):
+    def deploy(*args, **kwargs):
+        raise AssertionError("the CLI started a model before checking its arguments")
+
+    monkeypatch.setattr(engine, "deploy", deploy)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["predict", "a.png", "--conf", "2"], "conf must be between"),
+        (["predict", "a.png", "--merge", "wbf"], "merge must be one of nms"),
+        (["predict", "a.png", "--img-size", "0"], "img_size must be between"),
+        (["predict", "a.png", "--stride", "0"], "stride must be an integer >= 1"),
+        (["predict"], "nothing to predict: give INPUTS"),
+        (["track", "clip.mp4", "--tracker", "nosuch"], "unknown tracker 'nosuch'"),
+        (["track", "clip.mp4", "--num-frames", "0"], "num_frames"),
+    ],
+)
+def test_bad_arguments_exit_2_before_anything_starts(
+    nothing_may_start, tmp_path, capsys, arguments, message
+):
+    command, *rest = arguments
+    code = main([command, *rest, "--model", "reference/color-boxes", "--out", str(tmp_path)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "predictions.jsonl").exists()
