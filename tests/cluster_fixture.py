@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -293,50 +294,28 @@ class LocalCluster:
         return path
 
     # ------------------------------------------------------------------ internals
-    def _start_head(self, deadline: float, attempts: int = START_ATTEMPTS) -> RayNode:
-        """Start the head and wait until it is alive, ``attempts`` times on fresh ports.
+    def _start_head(self, deadline: float) -> RayNode:
+        """Start the head and wait until it is alive (on fresh ports when started again)."""
+        return self._start_node(self._launch_head, deadline)
 
-        Like a worker node's raylet, the head's has a fixed 30 s to register with its GCS;
-        when the suite's other workers start their own Ray at the same moment, it can miss it.
+    def _add_worker(self, deadline: float) -> RayNode:
+        """Start one worker node and wait until it is alive."""
+        return self._start_node(self._launch_worker, deadline)
+
+    def _start_node(
+        self, launch: Callable[[], RayNode], deadline: float, attempts: int = START_ATTEMPTS
+    ) -> RayNode:
+        """Launch a node and wait until it is alive at the head, ``attempts`` times.
+
+        ``ray start`` gives a raylet a fixed 30 s to register with the GCS; on a crowded
+        machine (the suite's other workers starting their own Ray) it can miss that, so a
+        node that exits while starting is started again.
         """
         for attempt in range(1, attempts + 1):
-            head = self._launch(
-                "head",
-                [
-                    "--head",
-                    "--port",
-                    str(self.port),
-                    "--include-dashboard",
-                    "false",
-                    "--dashboard-port",
-                    str(free_port()),
-                    "--temp-dir",
-                    str(self.root / "ray"),
-                    "--ray-client-server-port",
-                    str(free_port()),
-                ],
-            )
+            node = launch()
             try:
-                self._wait_for_port(head, deadline)
-                self.wait_for_nodes(1, deadline)
-                return head
-            except ClusterError:
-                if head.process.poll() is None or attempt == attempts:
-                    raise
-                _stop_process_group(head.process)
-                self.nodes.remove(head)
-                self.port = free_port()
-        raise ClusterError("unreachable")
-
-    def _add_worker(self, deadline: float, attempts: int = START_ATTEMPTS) -> RayNode:
-        """Start one worker node and wait until it is alive.
-
-        ``ray start`` gives a raylet a fixed 30 s to register; on a crowded machine it can
-        miss that, so a node that exits while starting is started again, ``attempts`` times.
-        """
-        for attempt in range(1, attempts + 1):
-            node = self._launch_worker()
-            try:
+                if node.head:
+                    self._wait_for_port(node, deadline)
                 self.wait_for_nodes(1 + len(self.workers()), deadline)
                 return node
             except ClusterError:
@@ -344,7 +323,27 @@ class LocalCluster:
                     raise
                 _stop_process_group(node.process)
                 self.nodes.remove(node)
+                if node.head:
+                    self.port = free_port()
         raise ClusterError("unreachable")
+
+    def _launch_head(self) -> RayNode:
+        return self._launch(
+            "head",
+            [
+                "--head",
+                "--port",
+                str(self.port),
+                "--include-dashboard",
+                "false",
+                "--dashboard-port",
+                str(free_port()),
+                "--temp-dir",
+                str(self.root / "ray"),
+                "--ray-client-server-port",
+                str(free_port()),
+            ],
+        )
 
     def _launch_worker(self) -> RayNode:
         self._added += 1
