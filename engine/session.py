@@ -36,6 +36,9 @@ DEFAULT_MAX_BUFFERED_BLOCKS = 8
 DEFAULT_DOWNLOAD_RPS = 10.0
 DEFAULT_DOWNLOAD_IN_FLIGHT = 8
 
+#: Seconds a closing session actor lets its producer finish the block in hand.
+CLOSE_GRACE_S = 5.0
+
 
 def session_actor_name(session_id: str) -> str:
     """Return the Ray actor name of a detached session."""
@@ -429,9 +432,16 @@ class SessionActor(SessionCore):
         return super().take(max_blocks, timeout)
 
     def close(self) -> None:
-        """Stop, free the workers and end this actor (buffered blocks are dropped)."""
+        """Stop, free the workers and end this actor (buffered blocks are dropped).
+
+        The producer gets `CLOSE_GRACE_S` to leave its current block; then the actor is
+        killed rather than exited gracefully, because a graceful exit first drains every
+        task the session submitted, and Ray Data's retries of calls to the workers just
+        killed can keep that drain (and the actor) going for a long time.
+        """
         self.stop()
-        ray.actor.exit_actor()
+        self._thread.join(timeout=CLOSE_GRACE_S)
+        ray.kill(ray.get_runtime_context().current_actor)
 
     def _watch_idle(self) -> None:
         while True:

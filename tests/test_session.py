@@ -247,4 +247,6 @@ def test_a_dropped_session_frees_its_actors(slow_model):
     assert session_actors_alive(session_id)
     del session
     gc.collect()
-    assert wait_until(lambda: not session_actors_alive(session_id)), "dropped session lives on"
+    assert wait_until(lambda: not session_actors_alive(session_id)), (
+        f"dropped session lives on: {session_actors_alive(session_id)}"
+    )
