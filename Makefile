@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml constraints.txt tests/plugins/acme/pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf demo_out  # the demo's own folder: tessera refuses to write into a used one
 	$(VENV)/bin/tessera predict examples --model faces/mtcnn --out demo_out --visualize --no-progress
 	@echo "visualizations in demo_out/visualizations, predictions in demo_out/predictions.jsonl"
 

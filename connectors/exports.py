@@ -31,7 +31,9 @@ from connectors.formats.coco import (
     coco_categories,
     coco_category_ids,
     coco_image,
+    image_folder,
     split_results,
+    with_folders,
 )
 from connectors.formats.jsonl import prediction_to_jsonl
 from engine import plugins
@@ -211,7 +213,9 @@ class CocoExporter(Exporter):
 
     Files: ``coco_bbox_results.json``, ``coco_segm_results.json`` (only when a prediction
     had masks) and ``coco_dataset.json`` (images, categories, annotations with scores).
-    Image ids are 1, 2, ... in the order predictions arrive; predictions with an
+    Image ids are 1, 2, ... in the order predictions arrive; an image's ``file_name``
+    keeps its folder below the folder all the images share (`with_folders`, so two
+    ``a.png`` do not collide); predictions with an
     ``error`` get none. Objects of placeholder classes have no category and are left out
     (counted as ``skipped_objects``). Only each prediction's small records are kept.
 
@@ -236,6 +240,7 @@ class CocoExporter(Exporter):
         super().__init__(out_dir, class_names, task)
         self.category_ids = coco_category_ids(self.class_names)
         self._images: list[dict[str, Any]] = []
+        self._folders: list[str | None] = []
         self._annotations: list[dict[str, Any]] = []
         self._has_masks = False
         self._skipped_objects = 0
@@ -246,6 +251,7 @@ class CocoExporter(Exporter):
         image_id = len(self._images) + 1
         annotations = coco_annotations(prediction, image_id, self.category_ids)
         self._images.append(coco_image(prediction, image_id))
+        self._folders.append(image_folder(prediction))
         self._annotations.extend(annotations)
         self._has_masks |= prediction.masks_rle is not None
         self._skipped_objects += len(prediction) - len(annotations)
@@ -258,7 +264,8 @@ class CocoExporter(Exporter):
         if self._has_masks:
             self._dump(self.SEGM_FILE, segm_results)
         categories = coco_categories(self.class_names, self.category_ids)
-        self._dump(self.DATASET_FILE, assemble_dataset(self._images, categories, self._annotations))
+        images = with_folders(self._images, self._folders)
+        self._dump(self.DATASET_FILE, assemble_dataset(images, categories, self._annotations))
         return {"images": len(self._images), "skipped_objects": self._skipped_objects}
 
     def _dump(self, name: str, data: Any) -> None:

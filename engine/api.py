@@ -113,6 +113,7 @@ class ModelAPI:
         job_id: str | None = None,
         journal_dir: str | Path | None = None,
         stream: bool = False,
+        exist_ok: bool = False,
         **options: Any,
     ) -> PredictionResults | PredictionStream:
         """Predict over images and videos; one Prediction per image or frame, in order.
@@ -133,7 +134,8 @@ class ModelAPI:
             upload_options: The connector's options and the upload runtime's
                 (``requests_per_second``, ``max_in_flight``, ``num_uploaders``,
                 ``batch_size``, ``journal_dir``).
-            out: Also write the predictions into this directory as they come.
+            out: Also write the predictions into this directory as they come. A folder
+                that holds files already is refused (nothing runs), unless ``exist_ok``.
             format: The export's format: "jsonl" (default), "coco", "parquet", or a
                 platform's (`engine.plugins.export_formats`).
             job_id: The id of this job, when it has outputs (default: a new one, reported
@@ -144,6 +146,8 @@ class ModelAPI:
             stream: Return the Predictions as they come (a `PredictionStream`, read
                 once) instead of the whole list: the driver then holds none of them, for
                 jobs too large to keep in memory (a large input is listed as it goes).
+            exist_ok: Write into an ``out`` folder that holds files already, replacing
+                those of the same names (`engine.outputs.check_out_folder`).
             **options: conf, batch_size, img_size, classes, recursive, progress,
                 max_pixels, url_timeout, the sliding-window and the video options (see
                 `engine.settings.SETTINGS`). Any other keyword is an error.
@@ -165,7 +169,7 @@ class ModelAPI:
             raise ValueError(f"stream must be True or False, got {stream!r}")
         platform = plugins.pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
-        outputs = output_spec(upload, to, upload_options, out, format)
+        outputs = output_spec(upload, to, upload_options, out, format, exist_ok)
         job = self._resolve(input, settings, platform)
         outputs = self._start_job(
             outputs, job, input, platform, options, settings, job_id, journal_dir
@@ -405,6 +409,7 @@ class ModelAPI:
         format: str | None = None,  # noqa: A002
         job_id: str | None = None,
         journal_dir: str | Path | None = None,
+        exist_ok: bool = False,
         **options: Any,
     ) -> PredictionSession:
         """Start predicting in the background and return the session at once.
@@ -430,6 +435,7 @@ class ModelAPI:
             job_id: As for `predict`: a job killed with its session resumes with
                 `engine.resume` (``status()["context"]["job"]`` names it).
             journal_dir: As for `predict`.
+            exist_ok: As for `predict`.
             **options: As for `predict`.
 
         Returns:
@@ -452,7 +458,7 @@ class ModelAPI:
             raise ValueError(f"ordered must be True or False, got {ordered!r}")
         platform = plugins.pop_platform_inputs(options)
         settings = validate_settings(options, self.info)
-        outputs = output_spec(upload, to, upload_options, out, format)
+        outputs = output_spec(upload, to, upload_options, out, format, exist_ok)
         resolved = self._resolve(input, settings, platform)
         outputs = self._start_job(
             outputs, resolved, input, platform, options, settings, job_id, journal_dir
@@ -779,6 +785,7 @@ def _recorded_outputs(record: jobs.JobRecord, upload_options: dict[str, Any] | N
         options if saved.get("upload") else None,
         saved.get("out"),
         saved.get("format") if saved.get("out") else None,
+        exist_ok=True,  # the job's own folder, rewritten from its kept predictions
     )
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import plugins
-from engine.outputs import DEFAULT_EXPORT_FORMAT, UPLOAD_MODES
+from engine.outputs import DEFAULT_EXPORT_FORMAT, UPLOAD_MODES, check_out_folder
 from engine.settings import SETTINGS, check_settings
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE = 0, 1, 2
@@ -125,6 +125,11 @@ def _add_model_and_settings(command: argparse.ArgumentParser, required: bool = T
     command.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     command.add_argument("--address", default=None, help="Ray cluster to join")
     command.add_argument("--out", required=required, type=Path, help="output directory" + optional)
+    command.add_argument(
+        "--exist-ok",
+        action="store_true",
+        help="write into an --out folder that holds files (same names are replaced)",
+    )
     command.add_argument("--no-pretrained", action="store_true", help="random weights (zoo models)")
     command.add_argument("--weights", default=None, help="local weights file for a zoo model")
     command.add_argument("--num-workers", type=int, default=None, help="model workers")
@@ -211,11 +216,12 @@ def _predict(args: argparse.Namespace) -> int:
             "nothing to predict: give INPUTS (paths, folders, URLs) or a platform's ids "
             f"({', '.join('--' + k.replace('_', '-') for k in _platform_flags())})"
         )
+    check_out_folder(args.out, args.exist_ok)
     started = time.perf_counter()
     model = _deploy(args, options)
     inputs = (args.inputs if len(args.inputs) > 1 else args.inputs[0]) if args.inputs else None
     options.update(platform_inputs)
-    outputs = {"out": args.out, "format": args.format}
+    outputs = {"out": args.out, "format": args.format, "exist_ok": args.exist_ok}
     if args.upload or args.to:
         outputs.update(
             upload=args.upload, to=args.to, upload_options=key_values(args.upload_option)
@@ -333,11 +339,12 @@ def key_values(pairs: Sequence[str], option: str = "--upload-option") -> dict[st
 
 
 def _track(args: argparse.Namespace) -> int:
-    from engine.tracking import check_tracker, write_tracked_video
+    from engine.tracking import check_tracker
 
     options = _predict_options(args)
     check_settings(options)  # what the arguments alone tell, before Ray or a model starts
     check_tracker(args.tracker, args.reid_weights)
+    check_out_folder(args.out, args.exist_ok)
     started = time.perf_counter()
     model = _deploy(args, options)
     annotations = model.track(
@@ -350,10 +357,7 @@ def _track(args: argparse.Namespace) -> int:
             failed += 1
             print(f"  failed: {annotation.error}", file=sys.stderr)
             continue
-        written = annotation.save(args.out)
-        if not args.no_video:
-            stem = Path(annotation.name).stem
-            written["video"] = write_tracked_video(annotation, args.out / f"{stem}_tracks.mp4")
+        written = annotation.save(args.out, video=not args.no_video)
         frame_errors = [p.error for p in annotation.frames if p.error is not None]
         failed += bool(frame_errors)
         for error in frame_errors:
@@ -368,19 +372,13 @@ def _track(args: argparse.Namespace) -> int:
 
 
 def _write_visualizations(results: Iterable[Any], folder: Path) -> None:
-    used: set[str] = set()
+    """Draw every predicted image, with class and score tags, into ``folder``.
+
+    Equal names (``a.png`` of two folders) are numbered, never overwritten.
+    """
     for prediction in results:
-        if prediction.error is not None:
-            continue
-        name = Path(prediction.name).name or f"image_{prediction.index}"
-        if prediction.frame_index is not None:
-            name = f"{Path(name).stem}_{int(prediction.frame_index):06d}.png"
-        if not Path(name).suffix:
-            name += ".png"
-        if name in used:
-            name = f"{prediction.index:05d}_{name}"
-        used.add(name)
-        prediction.visualize(save_path=folder / name)
+        if prediction.error is None:
+            prediction.visualize(save_dir=folder, draw_tags=True)
 
 
 if __name__ == "__main__":

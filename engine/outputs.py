@@ -11,6 +11,7 @@ found through `engine.plugins` by the name the user gives.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,7 @@ def output_spec(
     upload_options: dict[str, Any] | None = None,
     out: str | Path | None = None,
     format: str | None = None,  # noqa: A002
+    exist_ok: bool = False,
 ) -> OutputSpec:
     """Check the output keywords of a ``predict`` call.
 
@@ -85,6 +87,8 @@ def output_spec(
         out: Export directory.
         format: Export format (default "jsonl"; `engine.plugins.export_formats`); needs
             ``out``.
+        exist_ok: Let ``out`` name a folder that holds files already
+            (`check_out_folder`).
 
     Returns:
         The spec; an uploader given by name is built here (its credentials are read now,
@@ -94,7 +98,7 @@ def output_spec(
     Raises:
         ValueError: A missing pair (``upload`` without ``to``, ``format`` without
             ``out``), an unknown format or uploader (the message lists the installed
-            ones), or an unsupported mode.
+            ones), an unsupported mode, or an ``out`` folder that holds files.
     """
     options = dict(upload_options or {})
     if (upload is None) != (to is None):
@@ -106,6 +110,8 @@ def output_spec(
         raise ValueError(f"format={format!r} needs out= (the directory to write to)")
     chosen = format or DEFAULT_EXPORT_FORMAT
     plugins.exporter(chosen)  # an unknown format fails now, listing the valid ones
+    if out is not None:
+        check_out_folder(out, exist_ok)
     connector = None
     if upload is not None:
         connector = plugins.uploader(to) if isinstance(to, str) else to
@@ -119,6 +125,42 @@ def output_spec(
         out=None if out is None else Path(out),
         format=chosen,
     )
+
+
+def check_out_folder(out: str | Path, exist_ok: bool = False) -> None:
+    """Refuse an export folder that already holds files, unless ``exist_ok``.
+
+    A new job never writes over an earlier run's ``predictions.jsonl`` (or anything
+    else) without being told to; a resumed job writes into its own folder again and is
+    not checked.
+
+    Args:
+        out: The folder ``out=`` names.
+        exist_ok: Write into a folder that holds files (same-named files are replaced).
+
+    Raises:
+        ValueError: ``out`` is a file, or a folder with files in it and not ``exist_ok``;
+            the message names the folder and some of what is there.
+
+    Example:
+        >>> check_out_folder("/nonexistent/new-folder")
+    """
+    if not isinstance(exist_ok, bool):
+        raise ValueError(f"exist_ok must be True or False, got {exist_ok!r}")
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"out={str(out)!r} is a file, not a folder: name a folder to write into")
+    if exist_ok or not folder.is_dir():
+        return
+    with os.scandir(folder) as entries:
+        found = sorted(entry.name for _, entry in zip(range(4), entries))
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise ValueError(
+            f"out={str(out)!r} already holds files ({shown}) and nothing was written: "
+            "choose another folder, or pass exist_ok=True (tessera: --exist-ok) to write "
+            "into it, replacing files of the same names"
+        )
 
 
 def open_sinks(

@@ -166,7 +166,9 @@ class Prediction:
 
         Args:
             save_path: Write the drawing to this file.
-            save_dir: Write the drawing into this folder, under the item's name.
+            save_dir: Write the drawing into this folder, under the item's name; when a
+                file of that name is there already (another folder's ``a.png``), under
+                the first free ``a_2.png``, ``a_3.png``, ...
             color: One RGB color for every object; None gives each class its own.
             thickness: Line width in pixels; None scales with the image size.
             opacity: Opacity of filled masks and rectangles, in [0, 1].
@@ -188,6 +190,24 @@ class Prediction:
             draw_tags=draw_tags,
             fill_rectangles=fill_rectangles,
         )
+
+    # ------------------------------------------------------------------ supervision
+    def to_supervision(self) -> Any:
+        """The objects as ``supervision.Detections`` (``pip install tessera[supervision]``).
+
+        Class names go in ``data["class_name"]``, so supervision's annotators label them;
+        see `engine.supervision_bridge`.
+        """
+        from engine.supervision_bridge import to_supervision
+
+        return to_supervision(self)
+
+    @classmethod
+    def from_supervision(cls, detections: Any, class_names: list[str], **origin: Any) -> Prediction:
+        """A Prediction of ``supervision.Detections`` (`engine.supervision_bridge`)."""
+        from engine.supervision_bridge import from_supervision
+
+        return from_supervision(detections, class_names, **origin)
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

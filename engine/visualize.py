@@ -67,7 +67,8 @@ def draw_prediction(
             folders are created).
         save_dir: Write the drawing into this folder as ``<prediction.name>``; video
             frames as ``<stem>_<frame_index:06d>.png``; ".png" is appended to a name
-            without an image extension.
+            without an image extension. A file already there is never overwritten: the
+            drawing gets the first free ``<stem>_2``, ``<stem>_3``, ... instead.
         color: One RGB color for every object; None gives each class `class_color`.
         thickness: Box outline width in pixels; None gives max(1, round(min(H, W) / 300)).
         opacity: Opacity of masks, in [0, 1]; box fills use ``opacity / 2``.
@@ -225,5 +226,19 @@ def _save_paths(
             name = f"{Path(name).stem}_{int(prediction.frame_index):06d}.png"
         elif Path(name).suffix.lower() not in _IMAGE_SUFFIXES:
             name = f"{name}.png"
-        paths.append(Path(save_dir) / name)
+        paths.append(free_path(Path(save_dir) / name))
     return paths
+
+
+def free_path(path: Path) -> Path:
+    """``path`` when no file is there yet, else the first free ``<stem>_<n><suffix>``, n >= 2.
+
+    Example:
+        >>> free_path(Path("/nonexistent/a.png"))
+        PosixPath('/nonexistent/a.png')
+    """
+    candidate, number = path, 2
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}_{number}{path.suffix}")
+        number += 1
+    return candidate

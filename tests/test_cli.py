@@ -101,7 +101,7 @@ def test_failed_items_exit_1_and_bad_options_exit_2(ray_session, tmp_path, capsy
     )
     assert code == 2
     assert "conf must be between" in capsys.readouterr().err
-    code = main(["predict", str(tmp_path), "--model", "no/such-model", "--out", str(out)])
+    code = main(["predict", str(tmp_path), "--model", "no/such-model", "--out", str(out) + "2"])
     assert code == 2
     assert "no/such-model" in capsys.readouterr().err
 

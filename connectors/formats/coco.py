@@ -6,7 +6,10 @@ Conventions:
   class list opens with a placeholder (torchvision's COCO lists, ``["__background__",
   "person", ..., "N/A", ...]``, whose indices are the official COCO category ids), and
   index + 1 otherwise. So ids are 1-based, depend only on the class list, and placeholder
-  classes ("__background__", "N/A") get none: their objects are left out.
+  classes ("__background__", "N/A", and Keypoint R-CNN's "no person") get none: their
+  objects are left out. COCO-trained zoo models thus keep COCO's own ids (person = 1).
+- ``file_name`` keeps each image's folder below the folder all the images share
+  (`with_folders`).
 - ``bbox`` is ``[x, y, w, h]`` in float pixels: x = x1, w = x2 - x1 (x2 exclusive).
 - Masks are RLE with ``counts`` as a str; box and mask results are separate lists because
   pycocotools decides the mode of a results list from its first element.
@@ -15,7 +18,9 @@ Conventions:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import PurePath
 from typing import Any
 
 from connectors.formats.names import image_file_name
@@ -31,11 +36,13 @@ __all__ = [
     "coco_dataset",
     "coco_image",
     "coco_results",
+    "image_folder",
     "split_results",
+    "with_folders",
 ]
 
 #: Class names that hold a place in a class list but are no category.
-PLACEHOLDER_CLASSES = frozenset({"__background__", "N/A"})
+PLACEHOLDER_CLASSES = frozenset({"__background__", "N/A", "no person"})
 
 #: How a caller names image ids: a mapping (by file name or by prediction index) or a
 #: function of the prediction.
@@ -57,6 +64,8 @@ def coco_category_ids(class_names: list[str]) -> dict[int, int]:
         {1: 1, 3: 3}
         >>> coco_category_ids(["red", "green"])
         {0: 1, 1: 2}
+        >>> coco_category_ids(["no person", "person"])  # Keypoint R-CNN: COCO's person id
+        {1: 1}
 
     """
     offset = 0 if class_names and class_names[0] in PLACEHOLDER_CLASSES else 1
@@ -110,6 +119,51 @@ def coco_image(prediction: Prediction, image_id: int) -> dict[str, Any]:
         "width": int(prediction.width),
         "height": int(prediction.height),
     }
+
+
+def image_folder(prediction: Prediction) -> str | None:
+    """The absolute folder of a prediction's image file (of a frame: its video's), or None.
+
+    Example:
+        >>> from engine.detections import Detections
+        >>> image_folder(Prediction(Detections.empty(), [], name="a.png", path="/d/s/a.png"))
+        '/d/s'
+    """
+    if not prediction.path:
+        return None
+    return os.path.dirname(os.path.abspath(prediction.path))
+
+
+def with_folders(images: list[dict[str, Any]], folders: list[str | None]) -> list[dict[str, Any]]:
+    """Give each image's ``file_name`` its folder below the folder all the images share.
+
+    Images of one folder keep their bare names; ``a.png`` of ``data/x`` and of
+    ``data/y`` become ``x/a.png`` and ``y/a.png`` rather than two ``a.png``. Images
+    without a file (URLs, arrays) keep their names.
+
+    Args:
+        images: ``images`` entries (see `coco_image`), not changed.
+        folders: Each image's `image_folder`, in the same order.
+
+    Returns:
+        New entries, with ``file_name`` as a POSIX path relative to the shared folder.
+
+    Example:
+        >>> with_folders([{"file_name": "a.png"}, {"file_name": "a.png"}], ["/d/x", "/d/y"])
+        [{'file_name': 'x/a.png'}, {'file_name': 'y/a.png'}]
+    """
+    known = [folder for folder in folders if folder is not None]
+    if not known:
+        return [dict(image) for image in images]
+    shared = os.path.commonpath(known)
+    placed = []
+    for image, folder in zip(images, folders, strict=True):
+        entry = dict(image)
+        below = "." if folder is None else os.path.relpath(folder, shared)
+        if below != ".":
+            entry["file_name"] = PurePath(below, image["file_name"]).as_posix()
+        placed.append(entry)
+    return placed
 
 
 def coco_annotations(
@@ -251,6 +305,7 @@ def coco_dataset(
 
     """
     images: list[dict[str, Any]] = []
+    folders: list[str | None] = []
     annotations: list[dict[str, Any]] = []
     for prediction in predictions:
         if prediction.error is not None:
@@ -261,8 +316,10 @@ def coco_dataset(
             category_ids = coco_category_ids(class_names)
         image_id = len(images) + 1 if image_ids is None else _image_id(image_ids, prediction)
         images.append(coco_image(prediction, image_id))
+        folders.append(image_folder(prediction))
         annotations.extend(coco_annotations(prediction, image_id, category_ids))
-    return assemble_dataset(images, coco_categories(class_names or [], category_ids), annotations)
+    categories = coco_categories(class_names or [], category_ids)
+    return assemble_dataset(with_folders(images, folders), categories, annotations)
 
 
 def assemble_dataset(
