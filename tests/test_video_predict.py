@@ -230,6 +230,16 @@ def test_several_videos_are_tracked_each_with_its_own_tracker(reference_model, c
     assert annotations[1].error.startswith("file not found") and not annotations[1].frames
     one_id_per_object(annotations[0], truth["a"])
     one_id_per_object(annotations[2], truth["b"])
+    # save() writes the tracked video beside the annotation, as `tessera track` does
+    written = annotations[0].save(tmp_path / "saved")
+    assert sorted(written) == ["annotation", "mot", "video"]
+    assert written["video"] == tmp_path / "saved" / "a_tracks.mp4"
+    with av.open(str(written["video"])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == len(annotations[0].frames)
+    assert "video" not in annotations[2].save(tmp_path / "plain", video=False)
+    assert not (tmp_path / "plain" / "b_tracks.mp4").exists()
+    with pytest.raises(ValueError, match="gone.mp4: no tracked frames .* pass video=False"):
+        annotations[1].save(tmp_path / "failed")
     with pytest.raises(ValueError, match="not videos"):
         from PIL import Image
 

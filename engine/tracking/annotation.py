@@ -240,30 +240,51 @@ class VideoAnnotation(metaclass=_FormatReaders):
                 )
         return "".join(line + "\n" for line in lines)
 
-    def save(self, directory: str | Path, format: str | None = None) -> dict[str, Path]:  # noqa: A002
-        """Write the platform annotation JSON and the MOT text into ``directory``.
+    def save(
+        self,
+        directory: str | Path,
+        format: str | None = None,  # noqa: A002
+        video: bool = True,
+    ) -> dict[str, Path]:
+        """Write the platform annotation JSON, the MOT text and the tracked video.
 
         The directory is created if needed. The annotation file is named by its format
-        (e.g. ``clip.mp4.json``), the MOT file ``<stem>.txt`` (``clip.txt``).
+        (e.g. ``clip.mp4.json``), the MOT file ``<stem>.txt`` (``clip.txt``), the video
+        ``<stem>_tracks.mp4`` (the frames with their boxes labelled ``id:<n> <class>``,
+        as ``tessera track`` writes it).
 
         Args:
             directory: Where to write.
             format: The video annotation format; None gives the default platform's.
+            video: Also draw and encode the tracked video (False skips it).
 
         Returns:
-            ``{"annotation": json path, "mot": txt path}``.
+            ``{"annotation": json path, "mot": txt path, "video": mp4 path}`` (no
+            ``"video"`` with ``video=False``).
 
         Raises:
             engine.plugins.PluginError: No such format (or no default) is installed.
+            ValueError: ``video=True`` for an annotation without tracked frames of a local
+                video (pass ``video=False``).
         """
         writer = plugins.video_annotation_format(format)
+        if video and (self.path is None or not any(f.frame_index is not None for f in self.frames)):
+            raise ValueError(
+                f"{self.name}: no tracked frames of a local video to draw; "
+                "pass video=False to write the annotation and MOT files only"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         base = Path(self.name).name or "video"
+        stem = Path(base).stem or base
         paths = {
             "annotation": directory / Path(writer.file_name(self)).name,
-            "mot": directory / f"{Path(base).stem or base}.txt",
+            "mot": directory / f"{stem}.txt",
         }
         paths["annotation"].write_text(json.dumps(writer.encode(self)), encoding="utf-8")
         paths["mot"].write_text(self.to_mot(), encoding="utf-8")
+        if video:
+            from engine.tracking.rendering import write_tracked_video
+
+            paths["video"] = write_tracked_video(self, directory / f"{stem}_tracks.mp4")
         return paths
