@@ -32,8 +32,10 @@ from typing import Any
 import requests
 from PIL import Image
 
+from engine import plugins
 from engine.inference import ImageResult
 from engine.item_prediction import decode_items, item_prediction, predict_decoded
+from engine.outputs import OutputSpec, output_spec
 from engine.prediction import Prediction
 from engine.prediction_json import prediction_from_json
 from engine.results import PredictionResults
@@ -47,8 +49,63 @@ __all__ = ["HandleModel", "HandleSession", "RemoteError", "RemoteModel", "Remote
 _LOCAL_OPTIONS = ("progress", "recursive")
 
 
+#: `ModelAPI.predict` keywords a remote model cannot honour: refused before any request.
+_REFUSED_OPTIONS = ("upload", "to", "upload_options", "job_id", "journal_dir", "stream")
+#: The keywords of a local export, which a remote model writes in this process.
+_EXPORT_OPTIONS = ("out", "format", "exist_ok")
+
+
 class RemoteError(RuntimeError):
     """The server refused a request or could not be reached (the message says why)."""
+
+
+def _checked_options(
+    options: dict[str, Any], info: ModelInfo, detached: bool
+) -> tuple[dict[str, Any], OutputSpec | None]:
+    """Check a remote call's keywords here, as a local model checks them.
+
+    Returns:
+        ``(settings, export)``: the settings (validated by `validate_settings` against
+        the served model's classes, and sent as given), and the local export asked for
+        with ``out=``/``format=`` (None without one).
+
+    Raises:
+        TypeError: An unknown keyword (as a local model raises it).
+        ValueError: A bad setting (the same errors as a local model), a keyword a
+            remote model cannot honour, or an export from a detached call.
+    """
+    refused = sorted(k for k in _REFUSED_OPTIONS if options.get(k) not in (None, False))
+    if refused:
+        raise ValueError(
+            f"{', '.join(refused)}: not supported by a remote model (engine.connect); "
+            "deploy the model locally (engine.deploy) for uploads and resumable jobs"
+        )
+    export = {k: options.pop(k) for k in _EXPORT_OPTIONS if k in options}
+    for key in _REFUSED_OPTIONS:
+        options.pop(key, None)
+    validate_settings(dict(options), info)  # raises as a local model does
+    if not export or (export.get("out") is None and export.get("format") is None):
+        return options, None
+    if detached:
+        raise ValueError(
+            "out=/format=: a remote model's detached session does not export; use "
+            "predict(..., out=...), or write the session's predictions yourself"
+        )
+    spec = output_spec(
+        out=export.get("out"), format=export.get("format"), exist_ok=export.get("exist_ok", False)
+    )
+    return options, spec
+
+
+def _export(spec: OutputSpec | None, predictions: list[Prediction], info: ModelInfo) -> dict:
+    """Write ``predictions`` into the export ``spec`` names; return ``{name: summary}``."""
+    if spec is None:
+        return {}
+    exporter = plugins.exporter(spec.format)(Path(spec.out), list(info.classes), info.task)
+    with exporter:
+        for prediction in predictions:
+            exporter.write(prediction)
+    return {f"export:{spec.format}": exporter.close()}
 
 
 class RemoteModel:
@@ -125,6 +182,7 @@ class RemoteModel:
         Returns:
             One Prediction per image or video frame, in input order.
         """
+        options, export = _checked_options(dict(options), self.info, detached=False)
         settings = {k: v for k, v in options.items() if k not in _LOCAL_OPTIONS}
         resolved = resolve_input(input, recursive=bool(options.get("recursive", False)))
         images = [item for item in resolved.items if item.source != "video" or item.error]
@@ -144,7 +202,8 @@ class RemoteModel:
                     predictions.extend(session)
         for index, prediction in enumerate(predictions):
             prediction.index = index
-        return PredictionResults(predictions, resolved.skipped)
+        outputs = _export(export, predictions, self.info)
+        return PredictionResults(predictions, resolved.skipped, outputs)
 
     def _predict_item(self, item: Item, settings: dict[str, Any]) -> Prediction:
         result, size = ImageResult(None, item.error), (0, 0)
@@ -170,6 +229,7 @@ class RemoteModel:
 
         URLs are sent as such; local files (images or videos) are uploaded.
         """
+        options, _ = _checked_options(dict(options), self.info, detached=True)
         settings = {k: v for k, v in options.items() if k not in _LOCAL_OPTIONS}
         resolved = resolve_input(input, recursive=bool(options.get("recursive", False)))
         urls = [item.url for item in resolved.items if item.source == "url" and not item.error]
@@ -311,14 +371,17 @@ class HandleModel:
 
     def predict(self, input: Any = None, **options: Any) -> PredictionResults:  # noqa: A002
         """Predict over images, as `engine.api.ModelAPI.predict` (no videos here)."""
+        options, export = _checked_options(dict(options), self.info, detached=False)
         settings, items, skipped = self._plan(input, options)
-        return PredictionResults(list(self._predictions(settings, items)), skipped)
+        predictions = list(self._predictions(settings, items))
+        return PredictionResults(predictions, skipped, _export(export, predictions, self.info))
 
     def predict_detached(self, input: Any = None, **options: Any) -> HandleSession:  # noqa: A002
         """Predict in a background thread of this process; iterate the session for results.
 
         Settings and inputs are checked before this returns.
         """
+        options, _ = _checked_options(dict(options), self.info, detached=True)
         settings, items, _ = self._plan(input, options)
         session = HandleSession(self._predictions(settings, items), total=len(items))
         self._sessions.add(session)

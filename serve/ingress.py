@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine.detections import Detections
 from engine.inference import ImageResult
 from engine.item_prediction import item_prediction
 from engine.prediction import Prediction
@@ -32,10 +33,12 @@ from engine.sources.items import Item
 from engine.worker import root_cause
 from serve.inputs import (
     ImageInput,
+    InputFailure,
     decode_inputs,
     fetch_inputs,
     parse_predict_request,
     parse_session_request,
+    raise_failures,
 )
 from serve.monitoring import DEFAULT_MONITORING_PATH, MonitoringSink, image_summaries
 from serve.platform_monitor import PlatformMonitor
@@ -172,11 +175,15 @@ class Ingress:
         # 2) settings, checked before anything is fetched or decoded
         info = await self.model_info()
         settings = self.validate(parsed.options, info)
-        # 3) inputs -> images
+        # 3) inputs -> images; an input that gives none is that image's error alone
         data = await fetch_inputs(
             parsed.inputs, self.policy, settings.general.url_timeout, self.config.max_request_bytes
         )
-        images = await decode_inputs(parsed.inputs, data, settings.general.max_pixels)
+        decoded = await decode_inputs(parsed.inputs, data, settings.general.max_pixels)
+        good = [i for i, image in enumerate(decoded) if not isinstance(image, InputFailure)]
+        if not good:  # nothing to predict: the request itself is bad
+            raise_failures(decoded)
+        images = [decoded[i] for i in good]
         # 4) one Predictor call per image: Serve batches them with other requests' images
         try:
             results = await asyncio.gather(
@@ -184,20 +191,27 @@ class Ingress:
             )
         except Exception as exc:
             raise ApiError(503, f"the model is unavailable, retry: {root_cause(exc)}") from exc
+        answered = dict(zip(good, results))
         predictions = [
-            _prediction(item, image, result, index, info)
-            for index, (item, image, result) in enumerate(zip(parsed.inputs, images, results))
+            _prediction(item, outcome, answered[index], index, info)
+            if index in answered
+            else _failed_prediction(item, outcome, index, info)
+            for index, (item, outcome) in enumerate(zip(parsed.inputs, decoded))
         ]
         request.state.images = image_summaries(predictions)
         # 5) the shadow model gets the same images, off the request path; the platform
         #    monitor gets them (with the shadow's predictions, once they are known) queued
         request_id = request.state.request_id
+        predicted = [predictions[i] for i in good]
+        predicted_data = [data[i] for i in good]
         if self.platform_monitor is not None:
             await self._start_monitor(info)
         if self.shadow is not None:
-            self._in_background(self._shadow(request_id, images, parsed.options, predictions, data))
+            self._in_background(
+                self._shadow(request_id, images, parsed.options, predicted, predicted_data)
+            )
         elif self.platform_monitor is not None:
-            self.platform_monitor.submit(request_id, predictions, data)
+            self.platform_monitor.submit(request_id, predicted, predicted_data)
         return {
             "model": info.name,
             "task": info.task,
@@ -286,6 +300,7 @@ class Ingress:
         data = await fetch_inputs(
             parsed.inputs, self.policy, settings.general.url_timeout, self.config.max_request_bytes
         )
+        raise_failures(data)  # a session starts with every input it names, or not at all
         inputs = [SessionInput(i.name, d, i.url) for i, d in zip(parsed.inputs, data)]
         options = {"max_pixels": settings.general.max_pixels, **parsed.options}
         try:
@@ -326,6 +341,22 @@ def _prediction(
     return item_prediction(origin, result, image.shape[:2], info.classes, info.task)
 
 
+def _failed_prediction(
+    item: ImageInput, failure: InputFailure, index: int, info: ModelInfo
+) -> Prediction:
+    """The answer for an input that gave no image: no objects, and why in ``error``."""
+    return Prediction(
+        Detections.empty(),
+        list(info.classes),
+        source=item.source,
+        name=item.name,
+        url=item.url,
+        index=index,
+        error=failure.message,
+        task=info.task,
+    )
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the request body, refusing it (413) as soon as it grows above ``limit`` bytes."""
     body = bytearray()
@@ -342,6 +373,34 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 # --------------------------------------------------------------------------- the app
+#: Paths answered without the bearer token: liveness, and the API's documentation (the
+#: docs page and its schema hold no data; every endpoint they describe needs the token).
+OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+
+
+def _document_the_token(app: FastAPI) -> None:
+    """Declare the bearer token in the OpenAPI schema.
+
+    The docs page's "Authorize" then asks for it and sends it with the requests tried
+    from the page.
+    """
+    from fastapi.openapi.utils import get_openapi
+
+    def schema() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            built = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            built.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer"}
+            }
+            built["security"] = [{"bearer": []}]
+            app.openapi_schema = built
+        return app.openapi_schema
+
+    app.openapi = schema  # type: ignore[method-assign]
+
+
 def build_api(server: Ingress) -> FastAPI:
     """Build the FastAPI app of one ingress replica (routes, guards, error handlers)."""
     config = server.config
@@ -350,13 +409,15 @@ def build_api(server: Ingress) -> FastAPI:
         description="Online predictions of a Tessera model (see serve/app.py for the contract).",
         version="1",
     )
+    if config.token is not None:
+        _document_the_token(app)
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
         started = time.perf_counter()
         request.state.request_id = _request_id(request)
         length = request.headers.get("content-length")
-        if request.url.path != "/healthz" and not check_token(
+        if request.url.path not in OPEN_PATHS and not check_token(
             request.headers.get("authorization"), config.token
         ):
             request.state.error = "missing or wrong bearer token"

@@ -209,13 +209,29 @@ MAX_PARALLEL_DOWNLOADS = 8
 MAX_DOWNLOAD_BYTES = 256 * 2**20
 
 
+@dataclass(frozen=True)
+class InputFailure:
+    """Why one input of a request gave no image; the request's other inputs go on.
+
+    Its URL was refused or unreachable, or it is not an image, or it is above the
+    pixel limit.
+
+    Attributes:
+        status: The HTTP status the failure alone would answer (400).
+        message: What is wrong, naming the input.
+    """
+
+    status: int
+    message: str
+
+
 async def fetch_inputs(
     inputs: list[ImageInput],
     policy: URLPolicy,
     timeout: float,
     max_bytes: int,
     max_total_bytes: int = MAX_DOWNLOAD_BYTES,
-) -> list[bytes]:
+) -> list[bytes | InputFailure]:
     """Return every input's bytes, downloading the URLs (a few at a time, in threads).
 
     Args:
@@ -225,14 +241,18 @@ async def fetch_inputs(
         max_bytes: Largest body of one URL.
         max_total_bytes: Most bytes all of the request's URLs may total.
 
+    Returns:
+        Each input's bytes, or an `InputFailure` naming the URL that is refused or
+        cannot be fetched.
+
     Raises:
-        ApiError: 400 naming the URL that is refused or cannot be fetched; 413 when the
-            downloads total more than ``max_total_bytes``.
+        ApiError: 413 when the downloads total more than ``max_total_bytes`` (the
+            request as a whole is too large).
     """
     slots = asyncio.Semaphore(MAX_PARALLEL_DOWNLOADS)
     total = 0
 
-    async def load(item: ImageInput) -> bytes:
+    async def load(item: ImageInput) -> bytes | InputFailure:
         nonlocal total
         if item.url is None:
             return item.data or b""
@@ -242,7 +262,7 @@ async def fetch_inputs(
                     fetch_url_safely, item.url, timeout, max_bytes, policy
                 )
             except (UnsafeURLError, URLFetchError) as exc:
-                raise ApiError(400, str(exc)) from exc
+                return InputFailure(400, str(exc))
         total += len(data)
         if total > max_total_bytes:
             raise ApiError(413, f"the URL inputs total more than {max_total_bytes} bytes")
@@ -252,22 +272,36 @@ async def fetch_inputs(
 
 
 async def decode_inputs(
-    inputs: list[ImageInput], data: list[bytes], max_pixels: int
-) -> list[np.ndarray]:
+    inputs: list[ImageInput], data: list[bytes | InputFailure], max_pixels: int
+) -> list[np.ndarray | InputFailure]:
     """Decode every input into an (H, W, 3) uint8 RGB array (each in a thread).
 
-    Raises:
-        ApiError: 400 naming the input that is not an image or is above ``max_pixels``
-            (checked from the header, before decoding).
+    Returns:
+        Each input's image, or an `InputFailure`: the one its fetch gave, or one naming
+        the input that is not an image or is above ``max_pixels`` (checked from the
+        header, before decoding).
     """
 
-    async def decode(item: ImageInput, raw: bytes) -> np.ndarray:
+    async def decode(item: ImageInput, raw: bytes | InputFailure) -> np.ndarray | InputFailure:
+        if isinstance(raw, InputFailure):
+            return raw
         try:
             return await asyncio.to_thread(decode_image_bytes, raw, item.name, max_pixels)
         except ImageLoadError as exc:
-            raise ApiError(400, str(exc)) from exc
+            return InputFailure(400, str(exc))
 
     return list(await asyncio.gather(*(decode(i, d) for i, d in zip(inputs, data))))
+
+
+def raise_failures(results: Iterable[Any]) -> None:
+    """Raise the failures among ``results`` as one `ApiError` (for all-or-nothing calls).
+
+    Raises:
+        ApiError: With the first failure's status and every failure's message.
+    """
+    failures = [r for r in results if isinstance(r, InputFailure)]
+    if failures:
+        raise ApiError(failures[0].status, "; ".join(f.message for f in failures))
 
 
 def url_name(url: str) -> str:

@@ -427,6 +427,17 @@ def test_url_inputs_are_fetched_only_where_allowed(server, expected):
                 answer = server.post("/predict", json={"images": [{"url": url}]})
                 assert answer.status_code == 400, (url, answer.text)
                 assert why in answer.json()["error"], (url, answer.text)
+            # one bad URL among good images is that image's error alone (issue 17: the
+            # whole request answered 400 and the good image's result was lost)
+            mixed = server.post(
+                "/predict",
+                json={"images": [{"url": allowed.url("a.png")}, {"url": refused.url("a.png")}]},
+            )
+            assert mixed.status_code == 200, mixed.text
+            good, lost = mixed.json()["predictions"]
+            assert_same(good, expected[0])
+            assert "loopback" in lost["error"] and lost["boxes"] == [], lost
+            assert lost["url"] == refused.url("a.png")
             assert refused.hosts == []
 
 
@@ -459,7 +470,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server):
     cases = [
         ("no token", "post", "/predict", {"data": image, "headers": as_png}, 401, None),
         ("wrong token", "post", "/predict", {"data": image, "headers": {"Authorization": "Bearer x"}}, 401, None),  # noqa: E501
-        ("token on docs", "get", "/docs", {}, 401, None),
+        ("token on info", "get", "/info", {}, 401, None),
         ("body too large", "post", "/predict", {"data": b"\0" * (MAX_BYTES + 1)}, 413, "limit"),
         ("chunked too large", "post", "/predict", {"data": chunked()}, 413, "limit"),
         ("not an image", "post", "/predict", {"data": b"hello", "headers": as_png}, 400, "image"),
@@ -486,7 +497,7 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(server):
     ]  # fmt: skip
     for label, method, path, kwargs, status, word in cases:
         headers = {**AUTH, **kwargs.pop("headers", {})}
-        if label in ("no token", "token on docs"):
+        if label in ("no token", "token on info"):
             headers.pop("Authorization")
         answer = requests.request(method, server.url + path, headers=headers, timeout=60, **kwargs)
         assert answer.status_code == status, (label, answer.status_code, answer.text)
@@ -506,9 +517,14 @@ def test_info_and_docs(server):
     assert info["settings"]["conf"] == 0.5 and "progress" not in info["settings"]
     assert info["limits"]["max_pixels"] == MAX_PIXELS
     assert info["shadow_model"] == "reference/color-masks"
-    assert server.get("/docs").status_code == 200
-    spec = server.get("/openapi.json").json()
+    # the docs page and its schema open in a browser, which sends no token (issue 17);
+    # the schema declares the token, so the page's "Authorize" sends it with its requests
+    docs = requests.get(server.url + "/docs", timeout=30)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    spec = requests.get(server.url + "/openapi.json", timeout=30).json()
     assert {"/predict", "/sessions", "/sessions/{session_id}/results"} <= set(spec["paths"])
+    assert spec["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert spec["security"] == [{"bearer": []}]
 
 
 def test_monitoring_logs_every_predict_request_and_the_shadow_beside_it(server, expected):
@@ -646,6 +662,24 @@ def test_connect_gives_the_same_predictions_as_a_deployed_model(server, expected
     assert got[1].name == "scene1.png" and got[1].path == str(files[1])
     missing = remote.predict([str(files[0]), str(tmp_path / "gone.png")])
     assert missing[0].error is None and missing[1].error.startswith("file not found")
+    # settings are checked here as a local model checks them, before any request (issue
+    # 17: each of these gave every Prediction an "HTTP 400" error, or was ignored)
+    for bad, error, message in (
+        ({"conf": 2}, ValueError, "conf must be between"),
+        ({"foo": 1}, TypeError, "unknown option.* foo"),
+        ({"classes": ["redd"]}, ValueError, "redd"),
+        ({"upload": "create", "to": "acme"}, ValueError, "not supported by a remote model"),
+    ):
+        with pytest.raises(error, match=message):
+            remote.predict(IMAGES, **bad)
+    with pytest.raises(ValueError, match="does not export"):
+        remote.predict_detached(IMAGES, out=tmp_path / "never")
+    exported = remote.predict(IMAGES, out=tmp_path / "export", format="coco")
+    assert exported.outputs["export:coco"]["written"] == 3
+    dataset = json.loads((tmp_path / "export" / "coco_dataset.json").read_text())
+    assert len(dataset["annotations"]) == sum(len(p) for p in expected)
+    with pytest.raises(ValueError, match="already holds files"):
+        remote.predict(IMAGES, out=tmp_path / "export")
     with remote.predict_detached([str(f) for f in files]) as session:
         assert isinstance(session, SessionClient)
         detached = list(session)
