@@ -316,6 +316,33 @@ def test_supervisely_project(tmp_path):
     assert decode_item(resolved.items[2])[0, 0].tolist() == [3, 3, 3]
 
 
+def test_supervisely_datasets_nested_beside_img_are_read(tmp_path):
+    """``<dataset>/<nested>/img`` (issue 17: such a project was ignored, ``skipped: 0``)."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    meta = {"classes": [{"title": "car", "shape": "rectangle", "color": "#FF0000"}], "tags": []}
+    (root / "meta.json").write_text(json.dumps(meta))
+    save(solid((1, 1, 1)), root / "city" / "day" / "img" / "a.png")
+    (root / "city" / "day" / "ann").mkdir()
+    (root / "city" / "day" / "ann" / "a.png.json").write_text("{}")
+    save(solid((2, 2, 2)), root / "city" / "night" / "rain" / "img" / "b.png")
+    save(solid((3, 3, 3)), root / "city" / "img" / "c.png")  # the parent's own image
+    save(solid((4, 4, 4)), root / "city" / "img" / "deep" / "img" / "x.png")  # an img/ file
+    assert is_supervisely_project(root)
+    project = read_project(root)
+    assert [name for name, _ in project.datasets] == ["city", "city/day", "city/night/rain"]
+    assert project.datasets[1][1] == [
+        (root / "city" / "day" / "img" / "a.png", root / "city" / "day" / "ann" / "a.png.json")
+    ]
+    resolved = resolve_input(root)
+    assert [(i.dataset, i.name) for i in resolved.items] == [
+        ("city", "c.png"),
+        ("city/day", "a.png"),
+        ("city/night/rain", "b.png"),
+    ]
+    assert [decode_item(i)[0, 0].tolist() for i in resolved.items] == [[3] * 3, [1] * 3, [2] * 3]
+
+
 def test_supervisely_malformed_meta(tmp_path):
     root = make_project(tmp_path / "proj")
     (root / "meta.json").write_text("{not json")

@@ -1,7 +1,9 @@
 """The layout of a local Supervisely project: meta.json and its (nested) datasets.
 
 Layout (see FORMATS.md): ``<proj>/meta.json``, ``<proj>/<dataset>/img/<name>``,
-``<proj>/<dataset>/ann/<name>.json`` and nested datasets under ``<dataset>/datasets/``.
+``<proj>/<dataset>/ann/<name>.json`` and nested datasets under ``<dataset>/datasets/``,
+or directly in the parent's folder (``<dataset>/<nested>/img/``, as some exports write
+them), the parent holding images of its own or not.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from connectors.formats.names import PNG_SUFFIX
 
 META_FILE = "meta.json"
 NESTED_DIR = "datasets"
+#: Folders of a dataset that hold its items' files, never a nested dataset.
+DATASET_PARTS = frozenset({"img", "ann", "img_info", "meta", "masks_human", "masks_machine"})
+#: How deep below the project nested datasets are looked for.
+MAX_NESTING = 8
 #: Image suffixes that become ".png" when an image is written as PNG under its name.
 _IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".mpo"}
@@ -56,7 +62,8 @@ def has_project_layout(path: str | Path) -> bool:
         path: A directory.
 
     Returns:
-        True when it has a meta.json file and at least one dataset folder with ``img/``.
+        True when it has a meta.json file and at least one dataset folder with ``img/``
+        (a nested one too).
 
     Example:
         >>> has_project_layout("my_project")                  # doctest: +SKIP
@@ -66,7 +73,7 @@ def has_project_layout(path: str | Path) -> bool:
     path = Path(path)
     if not (path / META_FILE).is_file():
         return False
-    return any((d / "img").is_dir() for d in _subdirs(path))
+    return any(_holds_dataset(d, MAX_NESTING) for d in _subdirs(path))
 
 
 def is_supervisely_project(path: str | Path) -> bool:
@@ -146,7 +153,10 @@ def read_project(path: str | Path) -> SuperviselyProject:
 
 
 def _collect_datasets(
-    dataset_dir: Path, name: str, out: list[tuple[str, list[tuple[Path, Path | None]]]]
+    dataset_dir: Path,
+    name: str,
+    out: list[tuple[str, list[tuple[Path, Path | None]]]],
+    depth: int = MAX_NESTING,
 ) -> None:
     img_dir = dataset_dir / "img"
     if img_dir.is_dir():
@@ -156,8 +166,32 @@ def _collect_datasets(
             ann = ann_dir / f"{image.name}.json"
             images.append((image, ann if ann.is_file() else None))
         out.append((name, images))
-    for child in _subdirs(dataset_dir / NESTED_DIR):
-        _collect_datasets(child, f"{name}/{child.name}", out)
+    if depth <= 0:
+        return
+    for child in _nested_datasets(dataset_dir):
+        _collect_datasets(child, f"{name}/{child.name}", out, depth - 1)
+
+
+def _nested_datasets(dataset_dir: Path) -> list[Path]:
+    """The datasets nested in one: under ``datasets/``, and beside its ``img/``."""
+    beside = [
+        d
+        for d in _subdirs(dataset_dir)
+        if d.name not in DATASET_PARTS and d.name != NESTED_DIR and _holds_dataset(d, MAX_NESTING)
+    ]
+    return _subdirs(dataset_dir / NESTED_DIR) + beside
+
+
+def _holds_dataset(folder: Path, depth: int) -> bool:
+    """True when ``folder`` or a folder nested below it (``depth`` levels) has ``img/``."""
+    if (folder / "img").is_dir():
+        return True
+    if depth <= 0:
+        return False
+    children = _subdirs(folder / NESTED_DIR) + [
+        d for d in _subdirs(folder) if d.name not in DATASET_PARTS and d.name != NESTED_DIR
+    ]
+    return any(_holds_dataset(child, depth - 1) for child in children)
 
 
 def _subdirs(path: Path) -> list[Path]:
