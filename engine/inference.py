@@ -16,7 +16,7 @@ from PIL import Image
 
 from engine.detections import Detections
 from engine.models.base import ModelAdapter
-from engine.settings import PredictSettings
+from engine.settings import DEFAULT_NMS_IOU, PredictSettings
 from engine.sources.bands import BandReader, BandSource, shrunk_whole_image
 from engine.sources.decode import ImageLoadError
 
@@ -140,6 +140,7 @@ def predict_images_tiled(
             image_size=(view.height, view.width),
             sahi_compatible=settings.tiling.sahi_compatible,
         )
+        merged = _limited(merged, settings)
         # 4) back into original pixels
         (h, w), (mh, mw) = view.original_size, (view.height, view.width)
         if (h, w) != (mh, mw):
@@ -276,10 +277,29 @@ def _postprocess(
     model_input: np.ndarray,
     settings: PredictSettings,
 ) -> Detections:
-    detections = _filtered(detections, settings)
+    detections = _limited(_filtered(detections, settings), settings)
     (h, w), (mh, mw) = original.shape[:2], model_input.shape[:2]
     if (h, w) != (mh, mw):
         detections = detections.scaled(w / mw, h / mh, h, w)
+    return detections
+
+
+def _limited(detections: Detections, settings: PredictSettings) -> Detections:
+    """One image's objects after ``iou``/``agnostic_nms`` suppression and ``max_det``."""
+    from engine.tiling import merge_detections
+
+    general = settings.general
+    if general.iou is not None or general.agnostic_nms:
+        detections = merge_detections(
+            detections,
+            method="nms",
+            metric="iou",
+            threshold=DEFAULT_NMS_IOU if general.iou is None else general.iou,
+            class_agnostic=general.agnostic_nms,
+        )
+    if general.max_det is not None and len(detections) > general.max_det:
+        best = np.argsort(-detections.scores, kind="stable")[: general.max_det]
+        detections = detections[np.sort(best)]
     return detections
 
 

@@ -308,15 +308,22 @@ class JobRecord:
 def compare_settings(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
     """The settings that differ, as ``"conf: 0.25 in the job, 0.5 now"``.
 
+    A setting the job's record lacks (recorded before the setting existed) differs only
+    when it is set now: off (None or False) is what the job ran with.
+
     Example:
         >>> compare_settings({"conf": 0.25, "progress": True}, {"conf": 0.5, "progress": False})
         ['conf: 0.25 in the job, 0.5 now']
+        >>> compare_settings({"conf": 0.25}, {"conf": 0.25, "max_det": None, "iou": 0.5})
+        ['iou: None in the job, 0.5 now']
     """
     recorded, now = _jsonable(dict(recorded)), _jsonable(dict(now))
     return [
         f"{name}: {recorded.get(name)!r} in the job, {now.get(name)!r} now"
         for name in sorted(set(recorded) | set(now))
-        if name not in FREE_SETTINGS and recorded.get(name) != now.get(name)
+        if name not in FREE_SETTINGS
+        and recorded.get(name) != now.get(name)
+        and (name in recorded or now.get(name) not in (None, False))
     ]
 
 

@@ -19,6 +19,8 @@ from engine.sources.decode import DEFAULT_MAX_PIXELS
 from engine.sources.video import validate_frame_options
 
 DEFAULT_BATCH_SIZE = 8
+#: The IoU of ``agnostic_nms`` when no ``iou`` is given (Ultralytics' default).
+DEFAULT_NMS_IOU = 0.7
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,10 @@ def _number(name: str, value: Any, low: float, high: float, integer: bool) -> An
 
 def _check_conf(name: str, value: Any) -> float | None:
     return None if value is None else float(_number(name, value, 0.0, 1.0, integer=False))
+
+
+def _check_max_det(name: str, value: Any) -> int | None:
+    return None if value is None else _number(name, value, 1, 1_000_000, integer=True)
 
 
 def _check_batch_size(name: str, value: Any) -> int | None:
@@ -256,6 +262,12 @@ class GeneralSettings:
         progress: Show a progress bar.
         max_pixels: Refuse images with more pixels than this (decompression bombs).
         url_timeout: Seconds to wait for a URL before giving up on it.
+        iou: Suppress a box overlapping a better-scoring box of its class by at least
+            this IoU, after the model (Ultralytics' ``iou``); None: the model's own NMS
+            alone (torchvision's detectors run theirs at 0.5, so ``iou`` can only
+            suppress more).
+        agnostic_nms: Suppress across classes too (at ``iou``, or `DEFAULT_NMS_IOU`).
+        max_det: Keep at most this many objects per image, the best-scoring; None: all.
     """
 
     conf: float = setting(
@@ -289,6 +301,21 @@ class GeneralSettings:
     )
     url_timeout: float = setting(
         30.0, help="seconds to wait for a URL", check=_check_timeout, cli_type=float
+    )
+    iou: float | None = setting(
+        None,
+        help="suppress a box overlapping a better one of its class by this IoU, after the model",
+        check=_check_conf,
+        cli_type=float,
+    )
+    agnostic_nms: bool = setting(
+        False,
+        help="suppress overlapping boxes across classes too",
+        check=_check_bool,
+        cli_flag=True,
+    )
+    max_det: int | None = setting(
+        None, help="keep at most this many objects per image", check=_check_max_det, cli_type=int
     )
 
 
