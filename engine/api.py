@@ -651,7 +651,9 @@ def deploy(
             TorchScript), or your own `ModelAdapter` subclass or instance.
         device: "cpu", "cuda" (a GPU per worker, placed by Ray) or "cuda:N" (GPU N of the
             node, outside Ray's GPU accounting).
-        address: A Ray cluster to join; None starts a local Ray (or uses RAY_ADDRESS).
+        address: A Ray cluster to join; None uses RAY_ADDRESS, else a live ``ray start``
+            cluster of this machine, else starts a local Ray ("local": always that; see
+            `engine.runtime.ensure_ray`).
         **options: ``num_workers`` (model workers; default one per GPU with cuda, else 1),
             ``threads`` (torch threads per CPU worker; default the node's CPUs divided among
             the workers), and the model's options: ``pretrained``, ``weights``,
