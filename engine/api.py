@@ -664,6 +664,9 @@ def deploy(
 
     Raises:
         ValueError: An invalid device or option, or cuda without GPUs in the cluster.
+        RuntimeError: The model cannot load: at once, before Ray starts, when its
+            `ModelAdapter.check_ready` tells (pretrained weights neither cached nor
+            reachable), else once a worker tried.
 
     Example:
         >>> model = engine.deploy("faces/mtcnn")  # doctest: +SKIP
@@ -673,6 +676,7 @@ def deploy(
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     engine_options = {k: options.pop(k) for k in _ENGINE_OPTIONS if k in options}
     adapter = resolve_model(model, **options)
+    adapter.check_ready()  # what only a worker's load would tell, told before Ray starts
     ensure_ray(address)
     _ship_user_code(type(adapter))
     layout = WorkerLayout(device, *_worker_layout(device, **engine_options))

@@ -58,6 +58,18 @@ class ModelAdapter(ABC):
     default_conf: float = 0.5
     input_size: tuple[int, int] = (640, 640)
 
+    def check_ready(self) -> None:
+        """Refuse, in the deploying process, what would only fail once a worker loads.
+
+        `engine.deploy` calls it before Ray or any worker starts, so a model that cannot
+        load (weights that cannot be fetched, say) fails in a second with one line
+        instead of after the start-up. The default checks nothing.
+
+        Raises:
+            RuntimeError: The model cannot be loaded; the message says what to do.
+        """
+        return None
+
     @abstractmethod
     def load(self, device: str) -> None:
         """Build the network and read its weights onto ``device`` ("cpu", "cuda:0", ...)."""

@@ -14,10 +14,12 @@ Example:
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -29,6 +31,8 @@ from engine.models.checkpoint import read_weights
 
 #: Prefix of the zoo names of torchvision architectures.
 ZOO_PREFIX = "torchvision/"
+#: Seconds `TorchvisionAdapter.check_ready` waits to reach the weights' host.
+PROBE_TIMEOUT_S = 3.0
 #: Background class name of torchvision detectors; label 0.
 BACKGROUND = "__background__"
 
@@ -324,6 +328,36 @@ class TorchvisionAdapter(ModelAdapter):
                 ) from exc
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
+
+    def check_ready(self) -> None:
+        """Fail at once when pretrained weights are neither in torch's cache nor reachable.
+
+        Raises:
+            RuntimeError: One line naming the weights file and the URL, and saying to pass
+                ``pretrained=False`` or ``weights=PATH``.
+        """
+        if not self.pretrained or self.weights is not None:
+            return
+        url = self.pretrained_url()
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlsplit(url).path).name
+        if cached.is_file():
+            return
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=PROBE_TIMEOUT_S):
+                return
+        except OSError as exc:
+            raise RuntimeError(
+                f"{self.name}: the pretrained weights are not in torch's cache ({cached}) "
+                f"and {parts.hostname} cannot be reached to download them ({exc}); pass "
+                "pretrained=False for random weights or weights=PATH for a local file "
+                "(tessera: --no-pretrained, --weights FILE)"
+            ) from None
+
+    def pretrained_url(self) -> str:
+        """Where torchvision downloads the default weights from."""
+        return str(self._default_weights().url)
 
     def _default_weights(self) -> Any:
         import torchvision
