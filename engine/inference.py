@@ -10,6 +10,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -38,6 +39,52 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
 
+#: The gray a letterboxed image is padded with (Ultralytics' value).
+LETTERBOX_GRAY = 114
+
+
+def letterbox_image(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Placement]:
+    """Scale an image to fit (height, width) keeping its aspect ratio; pad it, centred.
+
+    Returns:
+        The padded image, and where the scaled image lies in it.
+
+    Example:
+        >>> padded, placed = letterbox_image(np.zeros((50, 100, 3), np.uint8), (64, 64))
+        >>> padded.shape, placed
+        ((64, 64, 3), Placement(x=0, y=16, height=32, width=64))
+    """
+    height, width = image.shape[:2]
+    scale = min(size[0] / height, size[1] / width)
+    inner_h = max(1, min(size[0], round(height * scale)))
+    inner_w = max(1, min(size[1], round(width * scale)))
+    placed = Placement((size[1] - inner_w) // 2, (size[0] - inner_h) // 2, inner_h, inner_w)
+    padded = np.full((size[0], size[1], 3), LETTERBOX_GRAY, np.uint8)
+    padded[placed.y : placed.y + inner_h, placed.x : placed.x + inner_w] = resize_image(
+        image, (inner_h, inner_w)
+    )
+    return padded, placed
+
+
+class Placement(NamedTuple):
+    """Where the (resized) image lies inside the model's input: offset and size."""
+
+    x: int
+    y: int
+    height: int
+    width: int
+
+
+def _model_input(image: np.ndarray, settings: PredictSettings) -> tuple[np.ndarray, Placement]:
+    """The image as the model gets it (stretched, letterboxed or as is), and its place."""
+    size = settings.general.img_size
+    if size is None:
+        return image, Placement(0, 0, image.shape[0], image.shape[1])
+    if settings.general.letterbox:
+        return letterbox_image(image, size)
+    return resize_image(image, size), Placement(0, 0, size[0], size[1])
+
+
 def predict_images(
     adapter: ModelAdapter, images: Sequence[np.ndarray | BandSource], settings: PredictSettings
 ) -> list[ImageResult]:
@@ -64,18 +111,16 @@ def predict_images(
     results: list[ImageResult] = []
     for start in range(0, len(images), settings.general.batch_size):
         originals = list(images[start : start + settings.general.batch_size])
-        inputs = [
-            resize_image(im, settings.general.img_size) if settings.general.img_size else im
-            for im in originals
-        ]
+        prepared = [_model_input(im, settings) for im in originals]
+        inputs = [pixels for pixels, _ in prepared]
         started = time.perf_counter()
         outcomes = list(_infer_isolating_failures(adapter, inputs, settings.general.conf))
         share = (time.perf_counter() - started) / len(inputs)
-        for original, model_input, outcome in zip(originals, inputs, outcomes):
+        for original, (_, placed), outcome in zip(originals, prepared, outcomes):
             if isinstance(outcome, str):
                 results.append(ImageResult(None, outcome))
                 continue
-            found = _postprocess(outcome, original, model_input, settings)
+            found = _postprocess(outcome, original, placed, settings)
             results.append(ImageResult(found, latency_s=share))
     return results
 
@@ -274,11 +319,13 @@ def _infer_isolating_failures(
 def _postprocess(
     detections: Detections,
     original: np.ndarray,
-    model_input: np.ndarray,
+    placed: Placement,
     settings: PredictSettings,
 ) -> Detections:
     detections = _limited(_filtered(detections, settings), settings)
-    (h, w), (mh, mw) = original.shape[:2], model_input.shape[:2]
+    if settings.general.letterbox:  # out of the padding, into the scaled image
+        detections = detections.shifted(-placed.x, -placed.y, placed.height, placed.width)
+    (h, w), (mh, mw) = original.shape[:2], (placed.height, placed.width)
     if (h, w) != (mh, mw):
         detections = detections.scaled(w / mw, h / mh, h, w)
     return detections

@@ -256,6 +256,9 @@ class GeneralSettings:
         batch_size: Images per model forward pass.
         img_size: (height, width) every image is resized to before the model; None keeps
             the original size. Results always come back in original-image pixels.
+        letterbox: With ``img_size``: keep the aspect ratio, scaling the image to fit and
+            padding the rest with gray (114), as Ultralytics does; False (the default)
+            stretches it to ``img_size``.
         class_idxs: Class indices to keep, or None for all (the ``classes`` option names
             them).
         recursive: Descend into subdirectories of directory inputs.
@@ -281,6 +284,12 @@ class GeneralSettings:
         help="resize to N (square) or H,W before the model; boxes stay in original pixels",
         check=_check_img_size,
         cli_type=_parse_img_size,
+    )
+    letterbox: bool = setting(
+        False,
+        help="with --img-size: keep the aspect ratio and pad (default: stretch)",
+        check=_check_bool,
+        cli_flag=True,
     )
     class_idxs: tuple[int, ...] | None = setting(
         None,
@@ -605,6 +614,13 @@ def _values_on_their_own(options: dict[str, Any]) -> dict[str, Any]:
         spec.attribute: spec.check(spec.name, options.get(spec.name, spec.default))
         for spec in SETTINGS
     }
+    if values["letterbox"] and values["img_size"] is None:
+        raise ValueError("letterbox=True needs img_size (the size to fit the image into)")
+    if values["letterbox"] and values["sliding_window"]:
+        raise ValueError(
+            "letterbox applies to whole images; with sliding_window, img_size resizes the "
+            "image before it is cut into tiles"
+        )
     validate_frame_options(**{f.name: values[f.name] for f in fields(VideoSettings)})
     return values
 
