@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
     predict.add_argument("--visualize", action="store_true", help="also write drawn images")
     predict.add_argument(
+        "--save-txt", action="store_true", help="also write YOLO label files under labels/"
+    )
+    predict.add_argument(
+        "--save-crop", action="store_true", help="also write each object's crop under crops/"
+    )
+    predict.add_argument(
         "--format",
         default=DEFAULT_EXPORT_FORMAT,
         choices=plugins.export_formats(),
@@ -281,11 +287,7 @@ def _report(args: argparse.Namespace, results: Any, out: Path, started: float) -
     Returns:
         The exit code.
     """
-    if args.visualize:
-        _write_visualizations(results, out / "visualizations")
-    else:
-        for _ in results:  # a stream predicts as it is read
-            pass
+    _write_views(args, results, out)
     summary = {
         **results.summary(),
         "seconds": round(time.perf_counter() - started, 2),
@@ -371,14 +373,26 @@ def _track(args: argparse.Namespace) -> int:
     return EXIT_ITEMS_FAILED if failed else EXIT_OK
 
 
-def _write_visualizations(results: Iterable[Any], folder: Path) -> None:
-    """Draw every predicted image, with class and score tags, into ``folder``.
+def _write_views(args: argparse.Namespace, results: Iterable[Any], out: Path) -> None:
+    """Read the results to the end (a stream predicts as it is read), saving views.
 
-    Equal names (``a.png`` of two folders) are numbered, never overwritten.
+    For each predicted image, what the flags ask for: drawings (with class and score
+    tags), YOLO labels, crops (`engine.saved_views`). Equal names are numbered, never
+    overwritten.
     """
+    from engine.saved_views import save_crops, save_yolo_labels
+
+    visualize = getattr(args, "visualize", False)
+    save_txt, save_crop = getattr(args, "save_txt", False), getattr(args, "save_crop", False)
     for prediction in results:
-        if prediction.error is None:
-            prediction.visualize(save_dir=folder, draw_tags=True)
+        if prediction.error is not None:
+            continue
+        if visualize:
+            prediction.visualize(save_dir=out / "visualizations", draw_tags=True)
+        if save_txt:
+            save_yolo_labels(prediction, out / "labels")
+        if save_crop:
+            save_crops(prediction, out / "crops")
 
 
 if __name__ == "__main__":

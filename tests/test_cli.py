@@ -147,3 +147,24 @@ def test_sliding_window_options_from_the_command_line(ray_session, tmp_path):
         ]
     )
     assert code == 2
+
+
+def test_save_txt_and_save_crop_write_yolo_labels_and_object_crops(ray_session, tmp_path):
+    """Ultralytics' save_txt and save_crop (issue 17), on boxes with a known answer."""
+    boxes = [("red", 10, 20, 50, 40), ("blue", 60, 5, 90, 65)]  # x1, y1, x2, y2 in 100x80
+    Image.fromarray(draw_scene(80, 100, boxes)).save(tmp_path / "scene.png")
+    out = tmp_path / "out"
+    args = ["predict", str(tmp_path / "scene.png"), "--model", "reference/color-boxes"]
+    assert main([*args, "--out", str(out), "--save-txt", "--save-crop", "--no-progress"]) == 0
+    classes = (out / "labels" / "classes.txt").read_text().split()
+    rows = sorted(line.split() for line in (out / "labels" / "scene.txt").read_text().splitlines())
+    expected = []
+    for name, x1, y1, x2, y2 in boxes:
+        centre = [(x1 + x2) / 200, (y1 + y2) / 160, (x2 - x1) / 100, (y2 - y1) / 80]
+        expected.append([str(classes.index(name)), *[f"{v:.6f}" for v in centre]])
+    assert sorted(row[:5] for row in rows) == sorted(expected)
+    assert all(0 < float(row[5]) <= 1 for row in rows)
+    red = np.asarray(Image.open(out / "crops" / "red" / "scene.jpg"))
+    blue = np.asarray(Image.open(out / "crops" / "blue" / "scene.jpg"))
+    assert red.shape[:2] == (20, 40) and blue.shape[:2] == (60, 30)
+    assert red[..., 0].mean() > 200 and blue[..., 2].mean() > 200  # the objects' own pixels
