@@ -180,10 +180,10 @@ def run(spec: dict[str, Any], record: dict[str, Any]) -> None:
     )
     import ray
 
-    # a stalled job fails within a minute, not Ray Data's 30 (the nodes' environment sets
+    # a stalled job fails within 3 minutes, not Ray Data's 30 (the nodes' environment sets
     # the same for the session actors, `RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S`)
     context = ray.data.DataContext.get_current()
-    context.execution_no_progress_timeout_s = float(spec.get("no_progress_timeout_s", 60))
+    context.execution_no_progress_timeout_s = float(spec.get("no_progress_timeout_s", 180))
     record["num_workers"] = model.num_workers
     record["driver_node"] = ray.get_runtime_context().get_node_id()
     record["nodes"] = [n["NodeID"] for n in ray.nodes() if n["Alive"]]

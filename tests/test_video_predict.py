@@ -238,8 +238,9 @@ def test_several_videos_are_tracked_each_with_its_own_tracker(reference_model, c
         assert sum(1 for _ in container.decode(video=0)) == len(annotations[0].frames)
     assert "video" not in annotations[2].save(tmp_path / "plain", video=False)
     assert not (tmp_path / "plain" / "b_tracks.mp4").exists()
+    assert "video" not in annotations[1].save(tmp_path / "failed")  # no video to draw
     with pytest.raises(ValueError, match="gone.mp4: no tracked frames .* pass video=False"):
-        annotations[1].save(tmp_path / "failed")
+        annotations[1].save(tmp_path / "failed", video=True)
     with pytest.raises(ValueError, match="not videos"):
         from PIL import Image
 

@@ -244,7 +244,7 @@ class VideoAnnotation(metaclass=_FormatReaders):
         self,
         directory: str | Path,
         format: str | None = None,  # noqa: A002
-        video: bool = True,
+        video: bool | None = None,
     ) -> dict[str, Path]:
         """Write the platform annotation JSON, the MOT text and the tracked video.
 
@@ -256,19 +256,28 @@ class VideoAnnotation(metaclass=_FormatReaders):
         Args:
             directory: Where to write.
             format: The video annotation format; None gives the default platform's.
-            video: Also draw and encode the tracked video (False skips it).
+            video: Also draw and encode the tracked video: None (the default) does when
+                the annotation has tracked frames of a video file that is there (one
+                rebuilt from JSON elsewhere has none), True insists, False skips it.
 
         Returns:
             ``{"annotation": json path, "mot": txt path, "video": mp4 path}`` (no
-            ``"video"`` with ``video=False``).
+            ``"video"`` when it was skipped).
 
         Raises:
             engine.plugins.PluginError: No such format (or no default) is installed.
             ValueError: ``video=True`` for an annotation without tracked frames of a local
-                video (pass ``video=False``).
+                video file (pass ``video=False``).
         """
         writer = plugins.video_annotation_format(format)
-        if video and (self.path is None or not any(f.frame_index is not None for f in self.frames)):
+        drawable = (
+            self.path is not None
+            and Path(self.path).is_file()
+            and any(f.frame_index is not None for f in self.frames)
+        )
+        if video is None:
+            video = drawable
+        if video and not drawable:
             raise ValueError(
                 f"{self.name}: no tracked frames of a local video to draw; "
                 "pass video=False to write the annotation and MOT files only"
