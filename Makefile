@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/video.py
 	$(PY) benchmarks/upload.py
 	$(PY) benchmarks/serve_load.py
+	$(PY) benchmarks/small_jobs.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
