@@ -114,13 +114,14 @@ def predict_images(
         prepared = [_model_input(im, settings) for im in originals]
         inputs = [pixels for pixels, _ in prepared]
         started = time.perf_counter()
+        own_nms = adapter.use_nms(settings.general.iou, settings.general.max_det)
         outcomes = list(_infer_isolating_failures(adapter, inputs, settings.general.conf))
         share = (time.perf_counter() - started) / len(inputs)
         for original, (_, placed), outcome in zip(originals, prepared, outcomes):
             if isinstance(outcome, str):
                 results.append(ImageResult(None, outcome))
                 continue
-            found = _postprocess(outcome, original, placed, settings)
+            found = _postprocess(outcome, original, placed, settings, own_nms)
             results.append(ImageResult(found, latency_s=share))
     return results
 
@@ -321,8 +322,9 @@ def _postprocess(
     original: np.ndarray,
     placed: Placement,
     settings: PredictSettings,
+    own_nms: bool = False,
 ) -> Detections:
-    detections = _limited(_filtered(detections, settings), settings)
+    detections = _limited(_filtered(detections, settings), settings, own_nms)
     if settings.general.letterbox:  # out of the padding, into the scaled image
         detections = detections.shifted(-placed.x, -placed.y, placed.height, placed.width)
     (h, w), (mh, mw) = original.shape[:2], (placed.height, placed.width)
@@ -331,12 +333,18 @@ def _postprocess(
     return detections
 
 
-def _limited(detections: Detections, settings: PredictSettings) -> Detections:
-    """One image's objects after ``iou``/``agnostic_nms`` suppression and ``max_det``."""
+def _limited(
+    detections: Detections, settings: PredictSettings, own_nms: bool = False
+) -> Detections:
+    """One image's objects after ``iou``/``agnostic_nms`` suppression and ``max_det``.
+
+    With ``own_nms`` the model already suppressed overlaps at ``iou`` (per class), so only
+    ``agnostic_nms`` runs here.
+    """
     from engine.tiling import merge_detections
 
     general = settings.general
-    if general.iou is not None or general.agnostic_nms:
+    if (general.iou is not None and not own_nms) or general.agnostic_nms:
         detections = merge_detections(
             detections,
             method="nms",

@@ -94,3 +94,50 @@ def test_through_predict_and_the_cli(reference_model, tmp_path, capsys):
     args = ["predict", "x.png", "--model", "reference/color-boxes", "--out", str(tmp_path)]
     assert main([*args, "--max-det", "0"]) == 2  # refused before Ray or a model starts
     assert "max_det" in capsys.readouterr().err
+
+
+class CountingOwnNms(OverlappingBoxes):
+    """`OverlappingBoxes` as a model with its own NMS: it records the IoU it is given."""
+
+    def use_nms(self, iou, max_det):
+        self.used = (iou, max_det)
+        return True
+
+
+def test_a_model_with_its_own_nms_gets_the_iou_and_tessera_adds_no_second_pass():
+    model = CountingOwnNms()
+    settings = validate_settings({"iou": 0.5, "max_det": 2}, ModelInfo.of(model))
+    (result,) = predict_images(model, [np.zeros((64, 64, 3), np.uint8)], settings)
+    assert model.used == (0.5, 2)
+    # its own NMS is trusted: the twin it returned stays; max_det still caps the objects
+    assert sorted_boxes(result.detections) == sorted(BOXES[[0, 1]].tolist())
+    agnostic = validate_settings({"iou": 0.5, "agnostic_nms": True}, ModelInfo.of(model))
+    (result,) = predict_images(model, [np.zeros((64, 64, 3), np.uint8)], agnostic)
+    assert sorted_boxes(result.detections) == sorted(BOXES[[0, 3]].tolist())  # across classes
+
+
+def test_torchvision_detectors_run_their_own_nms_at_the_iou_asked_for():
+    import torch
+
+    from engine.models.torchvision_models import TorchvisionDetector
+
+    torch.manual_seed(0)
+    detector = TorchvisionDetector(
+        "fasterrcnn_mobilenet_v3_large_fpn", pretrained=False, min_size=160, max_size=160
+    )
+    detector.load("cpu")
+    heads = detector.network.roi_heads
+    built = (heads.nms_thresh, heads.detections_per_img)
+    image = (np.random.default_rng(0).random((160, 160, 3)) * 255).astype(np.uint8)
+    settings = validate_settings({"iou": 0.2, "max_det": 300, "conf": 0.0}, ModelInfo.of(detector))
+    (result,) = predict_images(detector, [image], settings)
+    assert (heads.nms_thresh, heads.detections_per_img) == (0.2, 300)
+    heads.score_thresh = 0.0  # the network's own output at that IoU is what Tessera returns
+    with torch.inference_mode():
+        (own,) = detector.network([torch.from_numpy(image).permute(2, 0, 1).float() / 255])
+    assert len(result.detections) == len(own["boxes"]) > 0
+    np.testing.assert_allclose(
+        sorted_boxes(result.detections), sorted(own["boxes"].tolist()), atol=1e-3
+    )
+    predict_images(detector, [image], validate_settings({}, ModelInfo.of(detector)))
+    assert (heads.nms_thresh, heads.detections_per_img) == built  # None: the model's own again

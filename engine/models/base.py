@@ -74,6 +74,17 @@ class ModelAdapter(ABC):
     def load(self, device: str) -> None:
         """Build the network and read its weights onto ``device`` ("cpu", "cuda:0", ...)."""
 
+    def use_nms(self, iou: float | None, max_det: int | None) -> bool:
+        """Have the model's own NMS use ``iou`` (and keep ``max_det`` objects) from now on.
+
+        Called before each batch. None restores the model's own value. An adapter whose
+        network suppresses overlaps itself (torchvision's detectors) sets its threshold
+        and returns True; then Tessera runs no second NMS over its output. The default,
+        for a model without its own NMS, returns False and Tessera suppresses overlaps
+        at ``iou`` after the model.
+        """
+        return False
+
     @abstractmethod
     def infer(self, images: list[np.ndarray], conf: float) -> list[Detections]:
         """Predict on a batch of images.

@@ -480,6 +480,24 @@ class TorchvisionDetector(TorchvisionAdapter):
             outputs = network(images_to_tensors(images, self.device))
         return [self._to_detections(output) for output in outputs]
 
+    def use_nms(self, iou: float | None, max_det: int | None) -> bool:
+        """Set the network's own NMS IoU (``nms_thresh``) and object cap (``detections_per_img``).
+
+        Faster/Mask/Keypoint R-CNN hold both on ``roi_heads``; RetinaNet, FCOS and SSD on
+        the network. None restores the value the network was built with.
+        """
+        holder = getattr(self._require_network(), "roi_heads", self.network)
+        if not hasattr(holder, "nms_thresh"):
+            return False
+        built = getattr(holder, "tessera_built_nms", None)
+        if built is None:  # what the network was built with, kept on it for "None"
+            built = (holder.nms_thresh, getattr(holder, "detections_per_img", None))
+            holder.tessera_built_nms = built
+        holder.nms_thresh = built[0] if iou is None else float(iou)
+        if built[1] is not None:
+            holder.detections_per_img = built[1] if max_det is None else max(built[1], max_det)
+        return True
+
     def _set_score_threshold(self, conf: float) -> None:
         threshold = float(min(max(conf, 0.0), 1.0))
         holder = getattr(self.network, "roi_heads", self.network)
