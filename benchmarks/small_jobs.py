@@ -1,9 +1,11 @@
 """Small jobs: where the fixed cost of one CLI call goes, and many tiny images.
 
 1. ``tessera predict one.png --model reference/color-boxes`` as a user runs it (a fresh
-   process each time, median of ``--cli-runs``), against the same work in a plain
-   process: import, decode, detect. The CLI's phases come from a run of the same steps
-   in-process: imports, Ray start, deploy, the first predict.
+   process each time, median of ``--cli-runs``): the first call, which starts Tessera's
+   local Ray; later calls, which join it; and calls with ``--address local`` (a private
+   Ray per call, as every call was before the local Ray), against the same work in a
+   plain process: import, decode, detect. The phases come from a run of the same steps
+   in-process with the local Ray up: imports, joining Ray, deploy, the first predict.
 2. ``--tiny`` (2,000) 32x32 PNGs through a warm deployed model's ``predict``, against a
    plain loop that decodes each file and runs the same detector in batches.
 
@@ -15,6 +17,7 @@ Writes benchmarks/results/small_jobs.json.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -58,31 +61,50 @@ def scene(rng: np.random.Generator, size: int) -> np.ndarray:
     return image
 
 
-def timed_process(args: list[str]) -> tuple[float, str]:
+def timed_process(args: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
     started = time.perf_counter()
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=True)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=True, env=env)
     return time.perf_counter() - started, done.stdout
 
 
 def cli_figures(folder: Path, runs: int) -> dict:
+    """One CLI call on one image: cold, warm (Tessera's local Ray already up), private Ray."""
+    from engine import local_ray
+
     path = folder / "one.png"
     Image.fromarray(scene(np.random.default_rng(0), 256)).save(path)
     tessera = str(Path(sys.executable).parent / "tessera")
-    cli, plain = [], []
-    for run in range(runs):
-        out = folder / f"out{run}"
-        cli.append(timed_process([tessera, "predict", str(path), "--model", MODEL,
-                                  "--out", str(out), "--no-progress"])[0])  # fmt: skip
-        plain.append(timed_process([sys.executable, "-c", PLAIN_ONE.format(path=str(path))])[0])
-    _, printed = timed_process([sys.executable, "-c", PHASES.format(model=MODEL, path=str(path))])
-    imports, ray_start, deploy, first = (round(float(v), 2) for v in printed.split())
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env[local_ray.DIR_VARIABLE] = str(folder / "local-ray")  # a local Ray of its own
+
+    def cli(run: str, *extra: str) -> float:
+        command = [tessera, "predict", str(path), "--model", MODEL, "--out",
+                   str(folder / run), "--no-progress", *extra]  # fmt: skip
+        return timed_process(command, env)[0]
+
+    try:
+        cold = cli("cold")  # starts Tessera's local Ray, which outlives the call
+        warm = [cli(f"warm{run}") for run in range(runs)]  # each joins it
+        private = [cli(f"private{run}", "--address", "local") for run in range(runs)]
+        plain = [
+            timed_process([sys.executable, "-c", PLAIN_ONE.format(path=str(path))])[0]
+            for _ in range(runs)
+        ]
+        phases = PHASES.format(model=MODEL, path=str(path))
+        _, printed = timed_process([sys.executable, "-c", phases], env)
+    finally:
+        local_ray.stop_local_ray(folder / "local-ray")
+    imports, ray_join, deploy, first = (round(float(v), 2) for v in printed.split())
     return {
-        "cli_one_image_s": round(statistics.median(cli), 2),
+        "cli_one_image_cold_s": round(cold, 2),
+        "cli_one_image_s": round(statistics.median(warm), 2),
+        "cli_one_image_private_ray_s": round(statistics.median(private), 2),
         "plain_process_one_image_s": round(statistics.median(plain), 2),
-        "cli_runs_s": [round(v, 2) for v in cli],
-        "phases_s": {
+        "cli_runs_s": [round(v, 2) for v in warm],
+        "cli_private_ray_runs_s": [round(v, 2) for v in private],
+        "phases_s (local Ray up)": {
             "imports": imports,
-            "ray_start": ray_start,
+            "ray_join": ray_join,
             "deploy": deploy,
             "first_predict": first,
         },
@@ -126,9 +148,15 @@ def main() -> None:
     parser.add_argument("--tiny", type=int, default=2000)
     parser.add_argument("--cli-runs", type=int, default=3)
     args = parser.parse_args()
+    from engine import local_ray
+
     with tempfile.TemporaryDirectory(prefix="tessera-small-") as folder:
         figures = {"model": MODEL, **cli_figures(Path(folder), args.cli_runs)}
-        figures.update(tiny_figures(Path(folder), args.tiny))
+        os.environ[local_ray.DIR_VARIABLE] = str(Path(folder) / "tiny-ray")  # not the user's
+        try:
+            figures.update(tiny_figures(Path(folder), args.tiny))
+        finally:
+            local_ray.stop_local_ray(Path(folder) / "tiny-ray")
     path = write_results("small_jobs", figures)
     print(path.read_text())
 

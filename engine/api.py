@@ -26,7 +26,7 @@ from engine.outputs import OutputSpec, open_sinks, output_spec
 from engine.prediction import Prediction
 from engine.redaction import REDACTED
 from engine.results import PredictionResults, PredictionStream
-from engine.runtime import cluster_gpus, ensure_ray, near_caller
+from engine.runtime import cluster_gpus, ensure_ray, near_caller, runs_private_ray
 from engine.session import (
     DEFAULT_MAX_BUFFERED_BLOCKS,
     NAMESPACE,
@@ -45,7 +45,7 @@ from engine.worker import WorkerLayout, start_model_workers
 logger = logging.getLogger(__name__)
 
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
-_ENGINE_OPTIONS = ("num_workers", "threads")
+_ENGINE_OPTIONS = ("num_workers", "threads", "half")
 #: Fewest model batches per plan of a detached session (see `SessionCore._chunks`).
 PACE_MIN_BATCHES = 16
 
@@ -378,6 +378,7 @@ class ModelAPI:
             workers=self._workers,
             context=self._context(job, settings, outputs),
             pace_batches=PACE_MIN_BATCHES * 2,  # a large job's items are listed as it goes
+            grow_plans=True,  # first results soon, then few plans (each has a start-up)
             videos=job.videos,
             outputs=outputs,
             job_id=job_id,
@@ -463,6 +464,12 @@ class ModelAPI:
         outputs = self._start_job(
             outputs, resolved, input, platform, options, settings, job_id, journal_dir
         )
+        if runs_private_ray():
+            logger.warning(
+                "predict_detached: this process runs its own Ray (address='local'), so the "
+                "session ends when this process does; deploy without an address to run it "
+                "on Tessera's local Ray, which outlives this process"
+            )
         session_id = uuid.uuid4().hex[:12]
         name = session_actor_name(session_id)
         actor = (
@@ -656,7 +663,8 @@ def deploy(
             `engine.runtime.ensure_ray`).
         **options: ``num_workers`` (model workers; default one per GPU with cuda, else 1),
             ``threads`` (torch threads per CPU worker; default the node's CPUs divided among
-            the workers), and the model's options: ``pretrained``, ``weights``,
+            the workers), ``half`` (float16 autocast, with a cuda device only), and the
+            model's options: ``pretrained``, ``weights``,
             ``classes``, ``architecture``, ``task``.
 
     Returns:
@@ -675,11 +683,12 @@ def deploy(
     if not isinstance(device, str) or not _DEVICE.match(device):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     engine_options = {k: options.pop(k) for k in _ENGINE_OPTIONS if k in options}
+    half = _checked_half(engine_options.pop("half", False), device)
     adapter = resolve_model(model, **options)
     adapter.check_ready()  # what only a worker's load would tell, told before Ray starts
     ensure_ray(address)
     _ship_user_code(type(adapter))
-    layout = WorkerLayout(device, *_worker_layout(device, **engine_options))
+    layout = WorkerLayout(device, *_worker_layout(device, **engine_options), half=half)
     workers, model_info = start_model_workers(adapter, layout)
     logger.info("deployed %s on %d %s worker(s)", model_info.name, layout.num_workers, device)
     return ModelAPI(
@@ -810,6 +819,18 @@ def _ship_user_code(adapter_class: type) -> None:
     if any(part in Path(file).parts for part in ("site-packages", "dist-packages")):
         return
     ray.cloudpickle.register_pickle_by_value(module)
+
+
+def _checked_half(half: Any, device: str) -> bool:
+    """``half`` as given to `deploy`: a bool, True only with a GPU device."""
+    if not isinstance(half, bool):
+        raise ValueError(f"half must be True or False, got {half!r}")
+    if half and not device.startswith("cuda"):
+        raise ValueError(
+            f"half=True runs the model in float16 on a GPU: it needs device='cuda' or "
+            f"'cuda:N', got device={device!r}"
+        )
+    return half
 
 
 def _worker_layout(

@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     for command in plugins.commands().values():
         command.add_arguments(commands.add_parser(command.name, help=command.help))
 
+    local = commands.add_parser(
+        "ray", help="Tessera's local Ray, which outlives each call (status, start, stop)"
+    )
+    local.add_argument("action", choices=["status", "start", "stop"])
+    local.add_argument(
+        "--idle-s", type=float, default=None, help="with start: stop after this long unused"
+    )
+
     track = commands.add_parser("track", help="detect and track objects through videos")
     track.add_argument("inputs", nargs="+", help="video files or directories of videos")
     track.add_argument(
@@ -139,6 +147,9 @@ def _add_model_and_settings(command: argparse.ArgumentParser, required: bool = T
     command.add_argument("--no-pretrained", action="store_true", help="random weights (zoo models)")
     command.add_argument("--weights", default=None, help="local weights file for a zoo model")
     command.add_argument("--num-workers", type=int, default=None, help="model workers")
+    command.add_argument(
+        "--half", action="store_true", help="float16 inference on the GPU (with --device cuda)"
+    )
     for spec in SETTINGS:
         flag = "--" + spec.name.replace("_", "-")
         if spec.name == "progress":
@@ -161,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _models()
         if args.command == "track":
             return _track(args)
+        if args.command == "ray":
+            return _local_ray(args.action, args.idle_s)
         return _predict(args)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
         print(f"tessera: error: {exc}", file=sys.stderr)
@@ -172,6 +185,24 @@ def _models() -> int:
 
     for entry in list_models():
         print(f"{entry.name:50s} {entry.task:22s} {entry.description}")
+    return EXIT_OK
+
+
+def _local_ray(action: str, idle_s: float | None) -> int:
+    from engine import local_ray
+
+    if action == "start":
+        print(local_ray.start_local_ray(idle_stop_s=idle_s).describe())
+    elif action == "stop":
+        stopped = local_ray.stop_local_ray()
+        print(f"stopped {stopped.describe()}" if stopped else "no Tessera local Ray is running")
+    else:
+        running = local_ray.running_local_ray()
+        if running is None:
+            print(f"no Tessera local Ray is running ({local_ray.local_ray_dir()})")
+        else:
+            users = local_ray.live_leases(running.directory)
+            print(f"{running.describe()}; used by {len(users)} process(es): {users}")
     return EXIT_OK
 
 
@@ -193,6 +224,15 @@ def _predict_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """Refuse --half without a GPU device, before anything starts."""
+    if args.half and not str(args.device).startswith("cuda"):
+        raise ValueError(
+            f"--half runs the model in float16 on a GPU: add --device cuda "
+            f"(got --device {args.device})"
+        )
+
+
 def _deploy(args: argparse.Namespace, options: dict[str, Any]) -> Any:
     import engine
 
@@ -203,6 +243,8 @@ def _deploy(args: argparse.Namespace, options: dict[str, Any]) -> Any:
         model_options["weights"] = args.weights
     if args.num_workers:
         model_options["num_workers"] = args.num_workers
+    if args.half:
+        model_options["half"] = True
     model = engine.deploy(args.model, device=args.device, address=args.address, **model_options)
     model.settings(**options)  # fail on bad options before touching the inputs
     return model
@@ -217,6 +259,7 @@ def _predict(args: argparse.Namespace) -> int:
     options = _predict_options(args)
     platform_inputs = {k: getattr(args, k) for k in _platform_flags() if getattr(args, k)}
     check_settings(options)  # what the arguments alone tell, before Ray or a model starts
+    _check_device(args)
     if not args.inputs and not platform_inputs:
         raise ValueError(
             "nothing to predict: give INPUTS (paths, folders, URLs) or a platform's ids "
@@ -345,6 +388,7 @@ def _track(args: argparse.Namespace) -> int:
 
     options = _predict_options(args)
     check_settings(options)  # what the arguments alone tell, before Ray or a model starts
+    _check_device(args)
     check_tracker(args.tracker, args.reid_weights)
     check_out_folder(args.out, args.exist_ok)
     started = time.perf_counter()

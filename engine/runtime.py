@@ -10,7 +10,20 @@ from typing import Any
 
 import ray
 
+from engine import local_ray
+
 logger = logging.getLogger(__name__)
+
+#: Times a task killed by Ray's memory monitor is tried again (Ray's default: forever).
+OOM_RETRIES = 3
+#: Ray's setting for that bound, read by each Ray process from its environment.
+OOM_RETRIES_VARIABLE = "RAY_task_oom_retries"
+
+#: Ray's setting for how many idle worker processes a node keeps.
+WORKERS_SOFT_LIMIT_VARIABLE = "RAY_num_workers_soft_limit"
+
+#: GCS addresses of the Rays that `ensure_ray` started inside this process.
+_PRIVATE_RAY: set[str] = set()
 
 _RAY_DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 
@@ -21,14 +34,22 @@ def ensure_ray(address: str | None = None) -> None:
     A Ray already initialised in this process is used as it is. Otherwise ``address`` (or
     the ``RAY_ADDRESS`` environment variable) joins an existing cluster. With neither, a
     live cluster that ``ray start`` left on this machine (`local_cluster_address`) is
-    joined, with a warning naming it; else a local Ray starts in-process, also when that
-    file is stale (its cluster died), which Ray itself would retry for minutes.
+    joined, with a warning naming it (a stale record of a cluster that died, which Ray
+    itself would retry for minutes, is ignored); else Tessera's own local Ray
+    (`engine.local_ray`), which outlives this process, is joined or started.
 
     Args:
-        address: A cluster address such as "ray://head:10001" or "auto"; "local" always
-            starts a local Ray in-process.
+        address: A cluster address such as "ray://head:10001" or "auto"; "local" starts
+            a private Ray inside this process, which ends with it.
     """
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(_RAY_DATA_LOGGING))
+    # Ray retries a task its memory monitor killed forever by default; the Rays started
+    # here (in-process, or Tessera's local Ray) and their workers inherit this bound
+    os.environ.setdefault(OOM_RETRIES_VARIABLE, str(OOM_RETRIES))
+    # Ray keeps num_cpus idle workers and ends the rest after a second idle; a job's decode
+    # tasks (and two plans overlapping) run more at once, so every plan started workers
+    # again (2,000 tiny images: 24 s warm, against 7 s with this)
+    os.environ.setdefault(WORKERS_SOFT_LIMIT_VARIABLE, str(idle_workers_kept()))
     if ray.is_initialized():
         if address and address not in ("auto", "local"):
             current = ray.get_runtime_context().gcs_address
@@ -47,7 +68,12 @@ def ensure_ray(address: str | None = None) -> None:
                     "(address='local' starts a separate one)",
                     address,
                 )
-        if address and address != "local":
+        if address is None:
+            own = local_ray.start_local_ray()
+            local_ray.hold_lease()
+            logger.warning("using %s", own.describe())
+            address = own.address
+        if address != "local":
             logger.info("joining the Ray cluster at %s", address)
             ray.init(address=address, log_to_driver=False)
         else:
@@ -57,10 +83,26 @@ def ensure_ray(address: str | None = None) -> None:
                 log_to_driver=False,
                 logging_level=logging.WARNING,
             )
+            _PRIVATE_RAY.add(ray.get_runtime_context().gcs_address)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.execution_options.preserve_order = True
     context.print_on_execution_start = False
+
+
+def idle_workers_kept(cpus: int | None = None) -> int:
+    """Idle Ray workers a node Tessera starts keeps: two plans' decode tasks, and a few more.
+
+    Example:
+        >>> idle_workers_kept(2), idle_workers_kept(16)
+        (8, 36)
+    """
+    return 2 * (cpus or os.cpu_count() or 1) + 4
+
+
+def runs_private_ray() -> bool:
+    """True when this process runs the Ray it is connected to (``address="local"``)."""
+    return ray.is_initialized() and ray.get_runtime_context().gcs_address in _PRIVATE_RAY
 
 
 def local_cluster_address(connect_timeout_s: float = 2.0) -> str | None:
@@ -86,8 +128,7 @@ def local_cluster_address(connect_timeout_s: float = 2.0) -> str | None:
             return address
     except (OSError, ValueError):
         logger.warning(
-            "ignoring %s: the Ray cluster it names (%s) does not answer; "
-            "starting a local Ray instead",
+            "ignoring %s: the Ray cluster it names (%s) does not answer; not joining it",
             record,
             address,
         )

@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import ray
 
+from engine import local_ray
 from engine.models.base import ModelAdapter
 from engine.outputs import OutputSpec, open_sinks
 from engine.pipeline import plan_predictions
@@ -57,6 +58,10 @@ class _Block:
     offset: int = 0
 
 
+#: Most model batches in one plan of a growing session (`SessionCore` ``grow_plans``).
+MAX_PLAN_BATCHES = 1024
+
+
 class SessionCore:
     """Produce one plan's prediction blocks into a bounded buffer of object references.
 
@@ -75,6 +80,9 @@ class SessionCore:
         name_prefix: Name of the session's own workers (for detached sessions).
         pace_batches: Model batches per plan (see `_chunks`); None runs one plan over every
             item, for a consumer that reads as fast as it can.
+        grow_plans: Double each plan over the last, up to `MAX_PLAN_BATCHES` batches: for
+            a consumer that reads as results come (``predict``), since each plan costs
+            Ray Data a start-up (about a second on 2 cores) and tiny images made many.
         videos: Path -> probed `VideoInfo` of the videos that ``items`` hold segments of.
         outputs: Uploads and exports that take each block of predictions as it finishes
             (see `engine.outputs`); their summaries appear in `status` under "outputs".
@@ -97,6 +105,7 @@ class SessionCore:
         context: dict[str, Any] | None = None,
         name_prefix: str | None = None,
         pace_batches: int | None = None,
+        grow_plans: bool = False,
         videos: dict[str, Any] | None = None,
         outputs: OutputSpec | None = None,
         job_id: str | None = None,
@@ -118,6 +127,7 @@ class SessionCore:
         self._sources = {**origins, **(sources or {})}
         self._fetch = fetch
         self._pace_batches = pace_batches
+        self._grow_plans = grow_plans
         self.model = model
         self.context = context or {}
         self._items, self._settings, self._ordered = items, settings, ordered
@@ -167,6 +177,7 @@ class SessionCore:
             self._videos = {path: ray.put(info) for path, info in self._videos.items()}
             chunks = self._chunks()
             current = self._start_plan(next(chunks))
+            last_planned = current is None
             while current is not None:
                 running, rows = current
                 upcoming, offered = None, 0
@@ -176,9 +187,12 @@ class SessionCore:
                         if self._stop.is_set():
                             return
                         offered += entry.metadata.num_rows or 0
-                    if upcoming is None and offered * 2 >= rows:  # overlap the next plan
-                        upcoming = self._start_plan(next(chunks, None))
-                current = upcoming if upcoming is not None else self._start_plan(next(chunks, None))
+                    if upcoming is None and not last_planned and offered * 2 >= rows:
+                        upcoming = self._start_plan(next(chunks, None))  # overlap the next
+                        last_planned = upcoming is None
+                if upcoming is None and not last_planned:
+                    upcoming = self._start_plan(next(chunks, None))
+                current = upcoming
             self._close_sinks()
             self._finish("done", "every prediction produced")
         except Exception as exc:
@@ -226,6 +240,8 @@ class SessionCore:
             if rows >= size:
                 yield chunk
                 chunk, rows = [], 0
+                if self._grow_plans:
+                    size = min(4 * size, MAX_PLAN_BATCHES * self._settings.general.batch_size)
         if chunk or empty:
             yield chunk
 
@@ -421,6 +437,7 @@ class SessionActor(SessionCore):
     """
 
     def __init__(self, idle_timeout_s: float = 3600.0, **kwargs: Any) -> None:
+        local_ray.hold_lease_if_owned()  # Tessera's local Ray stays up while this lives
         self._last_call = time.monotonic()
         self._idle_timeout_s = idle_timeout_s
         super().__init__(**kwargs)
@@ -474,6 +491,9 @@ class PredictionSession:
         remote: bool = True,
     ) -> None:
         self.id = session_id
+        #: The Ray cluster the session runs on: ``engine.attach(id, address=...)`` from
+        #: another machine (on this one, ``engine.attach(id)`` finds it).
+        self.address: str = ray.get_runtime_context().gcs_address
         self._backend = backend
         self._remote = remote
         self._in_memory = in_memory or {}

@@ -29,25 +29,44 @@ class ModelWorker:
         adapter: The (not yet loaded) adapter; it is loaded here, on ``device``.
         device: "cpu", "cuda" or "cuda:N" as seen inside this worker.
         threads: Torch intra-op threads for CPU inference (None: torch's default).
+        half: Run the model under float16 autocast (a GPU only): convolutions and matrix
+            products in half precision, the rest (box decoding, NMS) as the model wants.
     """
 
-    def __init__(self, adapter: ModelAdapter, device: str, threads: int | None = None) -> None:
+    def __init__(
+        self, adapter: ModelAdapter, device: str, threads: int | None = None, half: bool = False
+    ) -> None:
         import torch
 
         if threads:
             torch.set_num_threads(threads)
+        if half and not (device.startswith("cuda") and torch.cuda.is_available()):
+            raise RuntimeError(f"half=True needs a GPU; this worker has {device} only")
         self.adapter = adapter
         self.device = device
+        self.half = half
         adapter.load(device)
         self._warm_up()
 
+    def _precision(self) -> Any:
+        """The context predictions run in: float16 autocast with ``half``, else none."""
+        import contextlib
+
+        import torch
+
+        if self.half:
+            return torch.autocast(device_type="cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
+
     def _warm_up(self) -> None:
         h, w = self.adapter.input_size
-        self.adapter.infer([np.zeros((min(h, 256), min(w, 256), 3), np.uint8)], 1.0)
+        with self._precision():
+            self.adapter.infer([np.zeros((min(h, 256), min(w, 256), 3), np.uint8)], 1.0)
 
     def info(self) -> dict[str, Any]:
         """Describe the loaded model (`ModelInfo.to_json`), with its device and process id."""
-        return {**ModelInfo.of(self.adapter).to_json(), "device": self.device, "pid": os.getpid()}
+        described = ModelInfo.of(self.adapter).to_json()
+        return {**described, "device": self.device, "half": self.half, "pid": os.getpid()}
 
     def predict(
         self, images: list[np.ndarray | BandSource | StoredImage], settings: PredictSettings
@@ -59,7 +78,8 @@ class ModelWorker:
 
         See `engine.inference.predict_images`.
         """
-        return predict_images(self.adapter, fetch_stored(images), settings)
+        with self._precision():
+            return predict_images(self.adapter, fetch_stored(images), settings)
 
     def resources(self) -> dict[str, Any]:
         """This worker's memory: its process RSS (now and peak), and GPU memory on a GPU."""
@@ -93,11 +113,13 @@ class WorkerLayout:
         device: "cpu", "cuda" (one GPU per worker, placed by Ray) or "cuda:N".
         num_workers: How many workers hold the model.
         threads: Torch threads per CPU worker (None: torch's default).
+        half: Float16 autocast on the GPU (see `ModelWorker`).
     """
 
     device: str
     num_workers: int
     threads: int | None = None
+    half: bool = False
 
 
 def start_model_workers(
@@ -145,7 +167,9 @@ def start_model_workers(
     for i in range(layout.num_workers):
         named = {"name": f"{name_prefix}-worker-{i}", "namespace": "tessera"} if name_prefix else {}
         workers.append(
-            remote_worker.options(**options, **named).remote(adapter, worker_device, layout.threads)
+            remote_worker.options(**options, **named).remote(
+                adapter, worker_device, layout.threads, layout.half
+            )
         )
     try:
         infos = ray.get([w.info.remote() for w in workers])

@@ -13,7 +13,12 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USE_RANDOM_PORTS", "1")
 # every job record and upload journal of the suite (and of the Ray workers and subprocesses
 # it starts, which inherit this) goes to a temporary folder, not ~/.tessera/jobs
-os.environ.setdefault("TESSERA_JOBS_DIR", tempfile.mkdtemp(prefix="tessera-test-jobs-"))
+if "TESSERA_JOBS_DIR" not in os.environ:  # set once, by the first process (xdist's controller)
+    os.environ["TESSERA_JOBS_DIR"] = tempfile.mkdtemp(prefix="tessera-test-jobs-")
+# the suite's subprocesses (CLI calls, scripts) share one Tessera local Ray of the suite's
+# own, never the user's; it is stopped when the suite ends (`pytest_sessionfinish`)
+if "TESSERA_LOCAL_RAY_DIR" not in os.environ:
+    os.environ["TESSERA_LOCAL_RAY_DIR"] = tempfile.mkdtemp(prefix="tessera-test-ray-")
 
 
 def pytest_sessionstart(session):
@@ -26,6 +31,14 @@ def pytest_sessionstart(session):
             "or `.venv/bin/python -m pip install --no-deps -e tests/plugins/acme`",
             returncode=pytest.ExitCode.USAGE_ERROR,
         )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the suite's Tessera local Ray, once every worker has finished (xdist's controller)."""
+    if not hasattr(session.config, "workerinput"):
+        from engine.local_ray import stop_local_ray
+
+        stop_local_ray()
 
 
 @pytest.fixture(scope="session")

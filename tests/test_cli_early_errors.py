@@ -28,6 +28,8 @@ def nothing_may_start(monkeypatch):
         (["predict"], "nothing to predict: give INPUTS"),
         (["track", "clip.mp4", "--tracker", "nosuch"], "unknown tracker 'nosuch'"),
         (["track", "clip.mp4", "--num-frames", "0"], "num_frames"),
+        (["predict", "a.png", "--half"], "--half runs the model in float16 on a GPU"),
+        (["track", "clip.mp4", "--half"], "add --device cuda"),
     ],
 )
 def test_bad_arguments_exit_2_before_anything_starts(
@@ -38,3 +40,16 @@ def test_bad_arguments_exit_2_before_anything_starts(
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "predictions.jsonl").exists()
+
+
+def test_half_without_a_gpu_device_is_refused_before_ray_starts(monkeypatch):
+    from engine import api
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("deploy started Ray before checking half")
+
+    monkeypatch.setattr(api, "ensure_ray", no_ray)
+    with pytest.raises(ValueError, match=r"half=True runs the model in float16 on a GPU"):
+        engine.deploy("reference/color-boxes", half=True)
+    with pytest.raises(ValueError, match="half must be True or False"):
+        engine.deploy("reference/color-boxes", device="cuda", half="yes")

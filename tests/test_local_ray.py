@@ -39,4 +39,4 @@ def test_a_stale_cluster_file_is_ignored_and_a_local_ray_starts():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "predictions: 1" in done.stdout
-    assert "does not answer; starting a local Ray instead" in done.stderr
+    assert "does not answer; not joining it" in done.stderr
