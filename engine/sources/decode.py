@@ -45,6 +45,10 @@ DEFAULT_MAX_PIXELS = 178_956_970
 MAX_URL_BYTES = 512 * 1024 * 1024
 
 _CHUNK_BYTES = 1024 * 1024
+#: Peak bytes a pixel takes while an image is decoded whole (decoder buffer + RGB copy).
+DECODE_BYTES_PER_PIXEL = 6
+#: Images of fewer pixels are not checked against free memory (about 100 MB at the peak).
+MEMORY_CHECK_MIN_PIXELS = 16_000_000
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -78,7 +82,7 @@ def decode_item(
 
     Raises:
         ImageLoadError: The item carries an error, or its image cannot be read or decoded,
-            or it is too large.
+            or it is too large (above ``max_pixels``, or than the memory free to decode it).
 
     Example:
         >>> image = decode_item(resolve_input("street.jpg").items[0])  # doctest: +SKIP
@@ -303,6 +307,7 @@ def pil_to_rgb(
     with strict_pillow():
         if max_pixels is not None:
             check_pixels(name, image.width, image.height, max_pixels)
+        check_memory(name, image.width, image.height)
         try:
             image.load()
         except Exception as e:
@@ -371,6 +376,58 @@ def _open_reason(error: Exception) -> str:
     if isinstance(error, Image.UnidentifiedImageError):
         return "not a recognised image format"
     return _short_reason(error)
+
+
+def check_memory(name: str, width: int, height: int, available: int | None = None) -> None:
+    """Raise `ImageLoadError` when decoding a width x height image whole cannot fit in memory.
+
+    A whole decode holds about `DECODE_BYTES_PER_PIXEL` bytes a pixel at its peak (the
+    decoder's buffer and the RGB copy). Without this check an image with a raised
+    ``max_pixels`` would be decoded until the node ran out of memory, and Ray would kill
+    (and retry) its task.
+
+    Args:
+        name: The image, for the message.
+        width: Its width in pixels.
+        height: Its height in pixels.
+        available: Bytes free for it (default: `available_memory`, checked only for
+            images of `MEMORY_CHECK_MIN_PIXELS` or more).
+
+    Example:
+        >>> try:
+        ...     check_memory("a.png", 100_000, 100_000, available=8 * 2**30)
+        ... except ImageLoadError as error:
+        ...     print(str(error)[:67])
+        a.png: decoding its 100000x100000 pixels whole needs about 55.9 GiB
+    """
+    pixels = int(width) * int(height)
+    if available is None:
+        if pixels < MEMORY_CHECK_MIN_PIXELS:
+            return
+        available = available_memory()
+    needed = pixels * DECODE_BYTES_PER_PIXEL
+    if needed > available:
+        raise ImageLoadError(
+            f"{name}: decoding its {width}x{height} pixels whole needs about "
+            f"{needed / 2**30:.1f} GiB of memory, more than the {available / 2**30:.1f} GiB "
+            "free here; predict it in tiles (sliding_window=True), which reads a large file "
+            "band by band, or on a node with more memory"
+        )
+
+
+def available_memory() -> int:
+    """Bytes of memory this process can still take: the machine's, or its cgroup's if less."""
+    import psutil
+
+    available = int(psutil.virtual_memory().available)
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+        if limit.isdigit():
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return max(0, available)
 
 
 def check_pixels(name: str, width: int, height: int, max_pixels: int) -> None:
