@@ -151,6 +151,9 @@ def predict_images_tiled(
         except ImageLoadError as exc:
             errors[index] = str(exc)
             views.append(None)
+    # the model's own NMS (if any) at this call's iou on each tile, or at its built value
+    # when none is asked for (an earlier call's iou must not stay); Tessera's after the merge
+    adapter.use_nms(settings.general.iou, settings.general.max_det)
     # 1) + 2) crops are cut lazily, so a band is dropped once its tiles are predicted
     parts: list[list[Detections]] = [[] for _ in images]
     windows: list[list[np.ndarray]] = [[] for _ in images]  # each detection's tile

@@ -80,7 +80,7 @@ class SessionCore:
         name_prefix: Name of the session's own workers (for detached sessions).
         pace_batches: Model batches per plan (see `_chunks`); None runs one plan over every
             item, for a consumer that reads as fast as it can.
-        grow_plans: Double each plan over the last, up to `MAX_PLAN_BATCHES` batches: for
+        grow_plans: Make each plan 4 times the last, up to `MAX_PLAN_BATCHES` batches: for
             a consumer that reads as results come (``predict``), since each plan costs
             Ray Data a start-up (about a second on 2 cores) and tiny images made many.
         videos: Path -> probed `VideoInfo` of the videos that ``items`` hold segments of.

@@ -141,3 +141,7 @@ def test_torchvision_detectors_run_their_own_nms_at_the_iou_asked_for():
     )
     predict_images(detector, [image], validate_settings({}, ModelInfo.of(detector)))
     assert (heads.nms_thresh, heads.detections_per_img) == built  # None: the model's own again
+    predict_images(detector, [image], settings)
+    tiled = validate_settings({"sliding_window": True, "window_size": 96}, ModelInfo.of(detector))
+    predict_images(detector, [image], tiled)  # an earlier call's iou does not stay for tiles
+    assert (heads.nms_thresh, heads.detections_per_img) == built
