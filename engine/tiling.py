@@ -36,8 +36,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torchvision
 from pycocotools import mask as coco_mask
 
 from engine.detections import Detections
@@ -276,6 +274,9 @@ def _nms(xyxy: np.ndarray, scores: np.ndarray, metric: str, threshold: float) ->
         below = float(np.nextafter(np.float64(np.float32(threshold)), -np.inf))
         ranks = np.empty(len(order), dtype=np.float32)
         ranks[order] = np.arange(len(order), 0, -1, dtype=np.float32)
+        import torch  # here, not at the top: a worker that never suppresses never loads it
+        import torchvision
+
         kept = torchvision.ops.nms(torch.from_numpy(xyxy), torch.from_numpy(ranks), below)
         return kept.tolist()
     matches = pairwise_overlap(xyxy, xyxy, metric) >= np.float32(threshold)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,25 +37,30 @@ class ModelWorker:
     def __init__(
         self, adapter: ModelAdapter, device: str, threads: int | None = None, half: bool = False
     ) -> None:
-        import torch
-
-        if threads:
-            torch.set_num_threads(threads)
-        if half and not (device.startswith("cuda") and torch.cuda.is_available()):
+        # torch only where the model needs it: a model that does not use it (the reference
+        # detector) starts its worker seconds sooner without it. Torch reads its thread
+        # count from OMP_NUM_THREADS when it is first imported, and is told again after.
+        if threads and "torch" not in sys.modules:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        if half and not (device.startswith("cuda") and _cuda_available()):
             raise RuntimeError(f"half=True needs a GPU; this worker has {device} only")
         self.adapter = adapter
         self.device = device
         self.half = half
         adapter.load(device)
+        if threads and "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(threads)
         self._warm_up()
 
     def _precision(self) -> Any:
         """The context predictions run in: float16 autocast with ``half``, else none."""
         import contextlib
 
-        import torch
-
         if self.half:
+            import torch
+
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
@@ -86,14 +92,15 @@ class ModelWorker:
         import resource
 
         import psutil
-        import torch
 
         process = {
             "rss": int(psutil.Process().memory_info().rss),
             "peak_rss": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
         }
-        if not self.device.startswith("cuda") or not torch.cuda.is_available():
+        if not self.device.startswith("cuda") or not _cuda_available():
             return {"device": self.device, "process": process}
+        import torch
+
         index = torch.device(self.device).index or 0
         free, total = torch.cuda.mem_get_info(index)
         return {
@@ -103,6 +110,12 @@ class ModelWorker:
             "allocated_total": int(total - free),
             "total": int(total),
         }
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @dataclass(frozen=True)

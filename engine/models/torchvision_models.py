@@ -18,7 +18,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -26,57 +26,15 @@ import torch
 
 from engine.detections import Detections
 from engine.masks import encode_masks
-from engine.models.base import ModelAdapter, Task
+from engine.models.architectures import ARCHITECTURES, ZOO_PREFIX
+from engine.models.base import ModelAdapter
 from engine.models.checkpoint import read_weights
 
-#: Prefix of the zoo names of torchvision architectures.
-ZOO_PREFIX = "torchvision/"
 #: Seconds `TorchvisionAdapter.check_ready` waits to reach the weights' host.
 PROBE_TIMEOUT_S = 3.0
 #: Background class name of torchvision detectors; label 0.
 BACKGROUND = "__background__"
 
-
-class Architecture(NamedTuple):
-    """A torchvision architecture the zoo offers.
-
-    Attributes:
-        task: What the network predicts.
-        description: One line for `tessera models`.
-
-    """
-
-    task: Task
-    description: str
-
-
-#: Every torchvision architecture Tessera wraps, by torchvision's builder name.
-ARCHITECTURES: dict[str, Architecture] = {
-    "fasterrcnn_resnet50_fpn_v2": Architecture(
-        "detection", "Faster R-CNN, ResNet-50 FPN v2 backbone, COCO (91 labels)"
-    ),
-    "fasterrcnn_mobilenet_v3_large_fpn": Architecture(
-        "detection", "Faster R-CNN, MobileNetV3-Large FPN backbone, COCO (fast on CPU)"
-    ),
-    "retinanet_resnet50_fpn_v2": Architecture(
-        "detection", "RetinaNet, ResNet-50 FPN v2 backbone, COCO"
-    ),
-    "fcos_resnet50_fpn": Architecture("detection", "FCOS, ResNet-50 FPN backbone, COCO"),
-    "ssdlite320_mobilenet_v3_large": Architecture(
-        "detection", "SSDlite 320x320, MobileNetV3-Large backbone, COCO (fastest)"
-    ),
-    "maskrcnn_resnet50_fpn_v2": Architecture(
-        "instance_segmentation", "Mask R-CNN, ResNet-50 FPN v2 backbone, COCO masks"
-    ),
-    "keypointrcnn_resnet50_fpn": Architecture(
-        "keypoints", "Keypoint R-CNN, ResNet-50 FPN, COCO person with 17 keypoints"
-    ),
-    "resnet18": Architecture("classification", "ResNet-18, ImageNet-1k"),
-    "resnet50": Architecture("classification", "ResNet-50, ImageNet-1k"),
-    "efficientnet_b0": Architecture("classification", "EfficientNet-B0, ImageNet-1k"),
-    "mobilenet_v3_small": Architecture("classification", "MobileNetV3-Small, ImageNet-1k"),
-    "mobilenet_v3_large": Architecture("classification", "MobileNetV3-Large, ImageNet-1k"),
-}
 
 # Architectures that resize inside the network to min_size/max_size (GeneralizedRCNNTransform
 # with configurable sizes); SSD fixes its own size.

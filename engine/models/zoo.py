@@ -14,13 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+from engine.models.architectures import ARCHITECTURES, ZOO_PREFIX
 from engine.models.base import ModelAdapter, Task
-from engine.models.checkpoint import is_torchscript, read_weights
-from engine.models.torchvision_models import (
-    ARCHITECTURES,
-    ZOO_PREFIX,
-    torchvision_adapter_class,
-)
 
 #: The options `resolve_model` understands for zoo names and files.
 MODEL_OPTIONS = ("pretrained", "weights", "classes", "architecture", "task")
@@ -189,6 +184,8 @@ def _from_zoo(name: str, options: dict[str, Any]) -> ModelAdapter:
         return _reference(name, options)
     if options.get("weights") is not None:
         _check_weights_file(Path(options["weights"]).expanduser(), name)
+    from engine.models.torchvision_models import torchvision_adapter_class  # imports torch
+
     adapter_class = torchvision_adapter_class(name)
     return adapter_class(
         name,
@@ -223,6 +220,11 @@ def _reference(name: str, options: dict[str, Any]) -> ModelAdapter:
 
 # ---------------------------------------------------------------------- files
 def _from_file(path: Path, options: dict[str, Any]) -> ModelAdapter:
+    # torch only for what needs it (files, torchvision names): a reference or plain adapter
+    # deploys without importing it
+    from engine.models.checkpoint import is_torchscript, read_weights
+    from engine.models.torchvision_models import torchvision_adapter_class
+
     if not path.is_file():
         raise ValueError(f"{path}: is a folder, not a model file")
     if is_torchscript(path):
@@ -261,6 +263,8 @@ def _from_file(path: Path, options: dict[str, Any]) -> ModelAdapter:
 # ---------------------------------------------------------------------- checks
 def _check_weights_file(weights: Path, name: str) -> None:
     """Fail early, on the driver, for a weights= file the workers could not load."""
+    from engine.models.checkpoint import read_weights
+
     if not weights.exists():
         raise FileNotFoundError(f"weights file not found: {weights}")
     found = read_weights(weights, mmap=True)  # ValueError naming the file if it is not one
