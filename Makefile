@@ -1,6 +1,11 @@
 # `make demo` and `make test` each build .venv when it is missing, then do their whole job.
 # --no-compile: Python compiles only the modules that are imported, when they first are
 # (a minute less than pip compiling every file of torch, ray and the platform clients).
+# Some machines set PYTHONDONTWRITEBYTECODE=1; then every process (each Ray worker, each CLI
+# call) compiles torch, Ray and pandas from source again: 5-10 s of CPU a process on 2 cores.
+# Here Python keeps the bytecode it compiles, in .venv and the project's __pycache__ folders.
+unexport PYTHONDONTWRITEBYTECODE
+
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
