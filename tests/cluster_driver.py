@@ -194,7 +194,9 @@ def run(spec: dict[str, Any], record: dict[str, Any]) -> None:
     inputs = spec["inputs"]
     probe = None
     if spec.get("measure_memory"):
-        model.predict(inputs[:2], **options)  # every import and code path warm
+        first = Path(inputs[0])
+        warm = [str(p) for p in sorted(first.iterdir())[:2]] if first.is_dir() else inputs[:2]
+        model.predict(warm, **options)  # every import and code path warm, on two images
         record["rss_before"] = int(MemoryProbe().process.memory_info().rss)
         record["maxrss_before"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         probe = MemoryProbe()

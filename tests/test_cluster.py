@@ -131,19 +131,41 @@ def assert_node_lost_and_workers_replaced(record: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------- 1 node vs 3 nodes
+#: The same-job images: 12 distinct 640x480 scenes, 12 copies each (cheap to write).
+SAME_JOB_HEIGHT, SAME_JOB_WIDTH, SAME_JOB_COUNT = 480, 640, 144
+
+
 @pytest.fixture(scope="module")
 def three_node_run(ray_cluster, tmp_path_factory):  # noqa: F811
+    """One job on the three nodes, its driver's memory measured: images, truth, record.
+
+    144 images of 640x480 (133 MB of decoded pixels) with known rectangles; the model
+    workers are left to their default (one per node). One run serves the comparison with
+    one node, the spread of the workers and the driver's memory.
+    """
     folder = tmp_path_factory.mktemp("same_job")
-    truth = write_scenes(folder / "images", 24)
-    record = drive(  # num_workers left to its default: one per node
+    images = folder / "images"
+    images.mkdir()
+    rng = np.random.default_rng(9)
+    truth = {}
+    for i in range(12):
+        boxes = random_boxes(rng, SAME_JOB_HEIGHT, SAME_JOB_WIDTH, 4, min_side=20, max_side=60)
+        buffer = io.BytesIO()
+        Image.fromarray(draw_scene(SAME_JOB_HEIGHT, SAME_JOB_WIDTH, boxes)).save(buffer, "PNG")
+        for copy in range(SAME_JOB_COUNT // 12):
+            name = f"img_{i:02d}_{copy:02d}.png"
+            (images / name).write_bytes(buffer.getvalue())
+            truth[name] = boxes
+    record = drive(
         ray_cluster,
         folder,
         "predict",
-        [str(folder / "images")],
+        [str(images)],
         num_workers=None,
-        options={"batch_size": 2},
+        options={"batch_size": 4},
+        measure_memory=True,
     )
-    return folder / "images", truth, record
+    return images, truth, record
 
 
 def test_one_node_and_three_nodes_give_identical_predictions(reference_model, three_node_run):
@@ -152,7 +174,7 @@ def test_one_node_and_three_nodes_give_identical_predictions(reference_model, th
     images, truth, record = three_node_run
     one_node = [
         prediction_to_json(p, self_contained=False)
-        for p in reference_model.predict(str(images), batch_size=2, progress=False)
+        for p in reference_model.predict(str(images), batch_size=4, progress=False)
     ]
     three_nodes = record["predictions"]
     assert len(record["nodes"]) == 3
@@ -161,6 +183,7 @@ def test_one_node_and_three_nodes_give_identical_predictions(reference_model, th
     # and they are the right ones
     assert [p["name"] for p in three_nodes] == sorted(truth)
     for prediction in three_nodes:
+        assert prediction["error"] is None
         assert objects(prediction["classes"], prediction["boxes"]) == known(
             truth[prediction["name"]]
         )
@@ -176,38 +199,12 @@ def test_model_workers_spread_over_the_nodes(three_node_run):
 
 
 # ---------------------------------------------------------------------- the driver's memory
-def test_the_driver_holds_references_not_pixels(ray_cluster, tmp_path):  # noqa: F811
-    # 144 images of 640x480: 133 MB of decoded pixels, none of which may reach the driver
-    height, width, count = 480, 640, 144
-    rng = np.random.default_rng(9)
-    folder = tmp_path / "images"
-    folder.mkdir()
-    truth = {}
-    for i in range(12):  # 12 distinct scenes, 12 copies each: cheap to write, same pixels
-        boxes = random_boxes(rng, height, width, 4, min_side=20, max_side=60)
-        buffer = io.BytesIO()
-        Image.fromarray(draw_scene(height, width, boxes)).save(buffer, format="PNG")
-        for copy in range(count // 12):
-            name = f"img_{i:02d}_{copy:02d}.png"
-            (folder / name).write_bytes(buffer.getvalue())
-            truth[name] = boxes
-    pixels = count * height * width * 3
-    record = drive(
-        ray_cluster,
-        tmp_path,
-        "predict",
-        [str(folder)],
-        options={"batch_size": 4},
-        measure_memory=True,
-    )
-    assert len(record["predictions"]) == count
-    for prediction in record["predictions"]:
-        assert prediction["error"] is None
-        assert objects(prediction["classes"], prediction["boxes"]) == known(
-            truth[prediction["name"]]
-        )
+def test_the_driver_holds_references_not_pixels(three_node_run):
     # the driver's resident memory while the job ran grew by far less than the pixels: it
     # only held references to blocks and the small prediction rows
+    _, _, record = three_node_run
+    assert len(record["predictions"]) == SAME_JOB_COUNT
+    pixels = SAME_JOB_COUNT * SAME_JOB_HEIGHT * SAME_JOB_WIDTH * 3
     growth = record["rss_peak"] - record["rss_before"]
     assert growth < pixels / 8, (
         f"driver RSS grew {growth / 2**20:.0f} MiB for {pixels / 2**20:.0f} MiB of pixels"
