@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -39,6 +40,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +134,11 @@ def start_local_ray(
 
     Raises:
         RuntimeError: Ray did not start within ``timeout_s``; the message ends with its log.
+        ValueError: ``idle_stop_s`` (or ``$TESSERA_LOCAL_RAY_IDLE_S``) is not a number of
+            seconds above 0.
     """
+    # refused before anything starts or is joined
+    checked_idle = None if idle_stop_s is None else _checked_idle(idle_stop_s, "idle_stop_s")
     directory = local_ray_dir()
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory):
@@ -140,7 +146,7 @@ def start_local_ray(
         if running is not None:
             return running
         (directory / "cluster.json").unlink(missing_ok=True)
-        idle = idle_stop_s if idle_stop_s is not None else _configured_idle()
+        idle = checked_idle if checked_idle is not None else _configured_idle()
         log = directory / "keeper.log"
         with log.open("w") as out:
             keeper = subprocess.Popen(
@@ -347,10 +353,25 @@ def _kill_rest_of_group() -> None:
 
 def _configured_idle() -> float:
     value = os.environ.get(IDLE_VARIABLE)
+    if not value:
+        return DEFAULT_IDLE_STOP_S
+    return _checked_idle(value, f"${IDLE_VARIABLE}")
+
+
+def _checked_idle(value: Any, name: str) -> float:
+    """``value`` as seconds > 0 (a cluster that stops at once, or never, is refused).
+
+    Example:
+        >>> _checked_idle("90", "idle")
+        90.0
+    """
     try:
-        return float(value) if value else DEFAULT_IDLE_STOP_S
-    except ValueError:
-        raise ValueError(f"${IDLE_VARIABLE} must be a number of seconds, got {value!r}") from None
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"{name} must be a number of seconds above 0, got {value!r}")
+    return seconds
 
 
 @contextlib.contextmanager

@@ -53,3 +53,15 @@ def test_half_without_a_gpu_device_is_refused_before_ray_starts(monkeypatch):
         engine.deploy("reference/color-boxes", half=True)
     with pytest.raises(ValueError, match="half must be True or False"):
         engine.deploy("reference/color-boxes", device="cuda", half="yes")
+
+
+@pytest.mark.parametrize("idle", ["0", "-5", "nan", "inf"])
+def test_tessera_ray_start_refuses_an_idle_time_that_is_not_above_0(
+    tmp_path, monkeypatch, capsys, idle
+):
+    # a local Ray that stops at once (0, a negative time) or never (inf, nan) is refused,
+    # before any cluster is started or joined
+    monkeypatch.setenv("TESSERA_LOCAL_RAY_DIR", str(tmp_path))
+    assert main(["ray", "start", "--idle-s", idle]) == 2
+    assert "idle_stop_s must be a number of seconds above 0" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing started: no lock, no log, no record
