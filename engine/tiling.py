@@ -246,8 +246,13 @@ def _ascending_key(values: np.ndarray) -> np.ndarray:
 
 
 def _descending_key(scores: np.ndarray) -> np.ndarray:
-    """uint32 keys (as uint64) that sort ascending as ``scores`` sort descending."""
-    return np.uint64(0xFFFFFFFF) - _ascending_key(scores)
+    """uint32 keys (as uint64) that sort ascending as ``scores`` sort descending.
+
+    A NaN score (a model's broken output) sorts last, below every number: it never
+    suppresses or absorbs a box with a real score.
+    """
+    keys = np.uint64(0xFFFFFFFF) - _ascending_key(scores)
+    return np.where(np.isnan(np.asarray(scores, np.float32)), np.uint64(0xFFFFFFFF), keys)
 
 
 def _score_order(xyxy: np.ndarray, scores: np.ndarray, cut: np.ndarray | None = None) -> np.ndarray:
@@ -673,7 +678,7 @@ def _stitch(
             group = members[start:end]
             out_xyxy[row, :2] = xyxy[group, :2].min(0)
             out_xyxy[row, 2:] = xyxy[group, 2:].max(0)
-            out_scores[row] = scores[group].max()
+            out_scores[row] = np.fmax.reduce(scores[group])  # a NaN score never wins
             out_cut[row] = False  # put together whole
             pieces[row] = group.tolist()
     return _Stitched(rep, out_xyxy, out_scores, out_cut, pieces)
@@ -826,7 +831,7 @@ def _merge_whole_first(
                 out_xyxy[keep] = grown
                 keeper_of[group[~fused]] = -1
             members = np.flatnonzero((keeper_of >= 0) & (keeper_of != rows))
-        np.maximum.at(out_scores, keeper_of[members], st.scores[members])
+        np.fmax.at(out_scores, keeper_of[members], st.scores[members])
     # 4) the output, by score descending (ties: the visiting order)
     keepers = np.flatnonzero(keeper_of == rows)
     pos = np.empty(len(order), np.int64)

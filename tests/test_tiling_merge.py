@@ -322,6 +322,17 @@ def test_neighbours_are_not_taken_for_pieces_of_each_other():
     assert agnostic.xyxy.tolist() == [[490, 100, 530, 136]]
 
 
+@pytest.mark.parametrize("method", ["nms", "nmm", "greedy_nmm"])
+def test_a_nan_score_ranks_below_every_real_one(method):
+    # two copies of one box, the first scored NaN: the real score is kept (it used to sort
+    # NaN first, so the NaN box suppressed or absorbed the real one)
+    box = [[0, 0, 10, 10], [0, 0, 10, 10]]
+    d = Detections(np.array(box, np.float32), [np.nan, 0.8], [0, 0])
+    merged = merge_detections(d, method, "iou", 0.5)
+    assert len(merged) == 1
+    assert merged.scores.tolist() == [pytest.approx(0.8)]
+
+
 def test_nmm_fuses_tied_scores():
     d = Detections(np.array([[0, 0, 10, 10], [2, 0, 12, 10]], np.float32), [0.9, 0.9], [0, 0])
     assert merge_detections(d, "nmm", "iou", 0.5).xyxy.tolist() == [[0, 0, 12, 10]]
