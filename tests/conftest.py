@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -13,12 +14,16 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_USE_RANDOM_PORTS", "1")
 # every job record and upload journal of the suite (and of the Ray workers and subprocesses
 # it starts, which inherit this) goes to a temporary folder, not ~/.tessera/jobs
+#: Temporary folders this process made for the suite; removed when the suite ends.
+_MADE_HERE: list[str] = []
 if "TESSERA_JOBS_DIR" not in os.environ:  # set once, by the first process (xdist's controller)
     os.environ["TESSERA_JOBS_DIR"] = tempfile.mkdtemp(prefix="tessera-test-jobs-")
+    _MADE_HERE.append(os.environ["TESSERA_JOBS_DIR"])
 # the suite's subprocesses (CLI calls, scripts) share one Tessera local Ray of the suite's
 # own, never the user's; it is stopped when the suite ends (`pytest_sessionfinish`)
 if "TESSERA_LOCAL_RAY_DIR" not in os.environ:
     os.environ["TESSERA_LOCAL_RAY_DIR"] = tempfile.mkdtemp(prefix="tessera-test-ray-")
+    _MADE_HERE.append(os.environ["TESSERA_LOCAL_RAY_DIR"])
 
 
 def pytest_sessionstart(session):
@@ -34,11 +39,14 @@ def pytest_sessionstart(session):
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Stop the suite's Tessera local Ray, once every worker has finished (xdist's controller)."""
+    """Stop the suite's Tessera local Ray and remove the suite's temporary folders, once
+    every worker has finished (xdist's controller)."""
     if not hasattr(session.config, "workerinput"):
         from engine.local_ray import stop_local_ray
 
         stop_local_ray()
+        for folder in _MADE_HERE:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
