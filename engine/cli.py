@@ -192,6 +192,8 @@ def _local_ray(action: str, idle_s: float | None) -> int:
     from engine import local_ray
 
     if action == "start":
+        if idle_s is not None:
+            local_ray.checked_idle(idle_s, "--idle-s")  # the error names the flag given
         print(local_ray.start_local_ray(idle_stop_s=idle_s).describe())
     elif action == "stop":
         stopped = local_ray.stop_local_ray()

@@ -138,7 +138,7 @@ def start_local_ray(
             seconds above 0.
     """
     # refused before anything starts or is joined
-    checked_idle = None if idle_stop_s is None else _checked_idle(idle_stop_s, "idle_stop_s")
+    idle_given = None if idle_stop_s is None else checked_idle(idle_stop_s, "idle_stop_s")
     directory = local_ray_dir()
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory):
@@ -146,7 +146,7 @@ def start_local_ray(
         if running is not None:
             return running
         (directory / "cluster.json").unlink(missing_ok=True)
-        idle = checked_idle if checked_idle is not None else _configured_idle()
+        idle = idle_given if idle_given is not None else _configured_idle()
         log = directory / "keeper.log"
         with log.open("w") as out:
             keeper = subprocess.Popen(
@@ -355,14 +355,14 @@ def _configured_idle() -> float:
     value = os.environ.get(IDLE_VARIABLE)
     if not value:
         return DEFAULT_IDLE_STOP_S
-    return _checked_idle(value, f"${IDLE_VARIABLE}")
+    return checked_idle(value, f"${IDLE_VARIABLE}")
 
 
-def _checked_idle(value: Any, name: str) -> float:
-    """``value`` as seconds > 0 (a cluster that stops at once, or never, is refused).
+def checked_idle(value: Any, name: str) -> float:
+    """``value`` as seconds > 0; ``name`` (the setting given) leads the error otherwise.
 
     Example:
-        >>> _checked_idle("90", "idle")
+        >>> checked_idle("90", "idle")
         90.0
     """
     try:

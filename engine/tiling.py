@@ -279,7 +279,7 @@ def _nms(xyxy: np.ndarray, scores: np.ndarray, metric: str, threshold: float) ->
         below = float(np.nextafter(np.float64(np.float32(threshold)), -np.inf))
         ranks = np.empty(len(order), dtype=np.float32)
         ranks[order] = np.arange(len(order), 0, -1, dtype=np.float32)
-        import torch  # here, not at the top: a worker that never suppresses never loads it
+        import torch  # here, not at the top: only SAHI's order needs it
         import torchvision
 
         kept = torchvision.ops.nms(torch.from_numpy(xyxy), torch.from_numpy(ranks), below)

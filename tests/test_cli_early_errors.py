@@ -63,5 +63,5 @@ def test_tessera_ray_start_refuses_an_idle_time_that_is_not_above_0(
     # before any cluster is started or joined
     monkeypatch.setenv("TESSERA_LOCAL_RAY_DIR", str(tmp_path))
     assert main(["ray", "start", "--idle-s", idle]) == 2
-    assert "idle_stop_s must be a number of seconds above 0" in capsys.readouterr().err
+    assert "--idle-s must be a number of seconds above 0" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing started: no lock, no log, no record
